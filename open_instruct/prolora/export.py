@@ -1,0 +1,143 @@
+"""Export a PRoLoRA adapter as an exactly equivalent vanilla PEFT LoRA adapter.
+
+PRoLoRA's ``A`` and ``B`` are ordinary rank-r LoRA factors once rebuilt, so writing the rebuilt tensors as
+``lora_A.weight`` (r, d_in) / ``lora_B.weight`` (d_out, r) with the same ``r`` and ``lora_alpha`` gives a standard
+``peft_type: LORA`` adapter with identical outputs. That is what vLLM, TGI/LoRAX and plain ``peft`` load, so it is
+the bridge to serving many adapters. (PEFT's own ``convert_to_lora`` goes through an SVD; this is exact.)
+
+CLI::
+
+    python -m open_instruct.prolora.export --base_model_name_or_path B --adapter_dir D --output_dir O
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import save_file
+from torch import nn
+
+from open_instruct.prolora.layer import ProLoraLayer
+
+logger = logging.getLogger(__name__)
+
+_PEFT_PREFIX = "base_model.model."
+
+
+@contextlib.contextmanager
+def _atomic_output_dir(path: Path):
+    """Build the adapter in a temporary sibling folder and rename it into place: never a half-written adapter."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _target_modules(peft_model: nn.Module, adapted: list[str]) -> list[str] | str:
+    """Leaf names (e.g. ``["q_proj", "v_proj"]``) when they select exactly the adapted modules, else an exact regex."""
+    leaf_names = sorted({name.rsplit(".", 1)[-1] for name in adapted})
+    base = peft_model.get_base_model()
+    candidates = {
+        name
+        for name, module in base.named_modules()
+        if name.rsplit(".", 1)[-1] in leaf_names and (isinstance(module, (nn.Linear, ProLoraLayer)))
+    }
+    if candidates == set(adapted):
+        return leaf_names
+    return "^(" + "|".join(re.escape(name) for name in sorted(adapted)) + ")$"
+
+
+@torch.no_grad()
+def export_as_lora(peft_model, output_dir: str | Path, adapter_name: str = "default", dtype: torch.dtype | None = None) -> Path:
+    """Write ``adapter_name`` of a PRoLoRA ``PeftModel`` to ``output_dir`` as a vanilla LoRA adapter.
+
+    The folder gets ``adapter_config.json`` (``peft_type: LORA``, same ``r``/``lora_alpha``/dropout) and
+    ``adapter_model.safetensors`` with ``<module>.lora_A.weight`` (r, d_in) and ``<module>.lora_B.weight`` (d_out, r);
+    ``modules_to_save`` weights are carried over unchanged. Written atomically. ``dtype`` casts the factors
+    (default: keep the adapter's dtype). Returns the output path.
+    """
+    config = peft_model.peft_config[adapter_name]
+    if str(getattr(config.peft_type, "value", config.peft_type)) != "PROLORA":
+        raise ValueError(f"adapter {adapter_name!r} is a {config.peft_type} adapter, not PRoLoRA")
+
+    weights: dict[str, torch.Tensor] = {}
+    adapted: list[str] = []
+    for name, module in peft_model.named_modules():
+        if isinstance(module, ProLoraLayer) and module.has_adapter(adapter_name):
+            A, B = module.rebuild(adapter_name)
+            if dtype is not None:
+                A, B = A.to(dtype), B.to(dtype)
+            weights[f"{name}.lora_A.weight"] = A.detach().cpu().contiguous()
+            weights[f"{name}.lora_B.weight"] = B.detach().cpu().contiguous()
+            adapted.append(name.removeprefix(_PEFT_PREFIX))
+    if not adapted:
+        raise ValueError(f"no PRoLoRA layer holds adapter {adapter_name!r}")
+    # Extra trained modules (modules_to_save) are method-agnostic: copy them as they are.
+    for key, tensor in get_peft_model_state_dict(peft_model, adapter_name=adapter_name).items():
+        if ".prolora_" not in key:
+            weights[key] = tensor.detach().cpu().contiguous()
+
+    lora_config = LoraConfig(
+        r=config.r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=_target_modules(peft_model, adapted),
+        bias="none",
+        task_type=config.task_type,
+        modules_to_save=config.modules_to_save,
+        base_model_name_or_path=config.base_model_name_or_path,
+        revision=config.revision,
+        inference_mode=True,
+    )
+    output_dir = Path(output_dir)
+    with _atomic_output_dir(output_dir) as tmp:
+        lora_config.save_pretrained(str(tmp))
+        save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    logger.info("exported %d PRoLoRA layers of adapter %r as vanilla LoRA to %s", len(adapted), adapter_name, output_dir)
+    return output_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Export a PRoLoRA adapter as an equivalent vanilla PEFT LoRA adapter.")
+    parser.add_argument("--base_model_name_or_path", required=True, help="base model the adapter was trained on")
+    parser.add_argument("--adapter_dir", required=True, help="folder with the PRoLoRA adapter (adapter_config.json)")
+    parser.add_argument("--output_dir", required=True, help="where to write the LoRA adapter")
+    parser.add_argument("--adapter_name", default="default")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="dtype of the written LoRA factors")
+    parser.add_argument("--token", default=None, help="hub token for gated base models (or set HF_TOKEN)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import open_instruct.prolora  # noqa: F401  (registers the PEFT type)
+
+    adapter_config = Path(args.adapter_dir) / "adapter_config.json"
+    if not adapter_config.exists():
+        parser.error(f"--adapter_dir {args.adapter_dir}: no adapter_config.json there")
+    base = AutoModelForCausalLM.from_pretrained(args.base_model_name_or_path, dtype=torch.float32, token=args.token)
+    model = PeftModel.from_pretrained(base, args.adapter_dir, adapter_name=args.adapter_name)
+    out = export_as_lora(model, args.output_dir, adapter_name=args.adapter_name, dtype=getattr(torch, args.dtype))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+r"""PRoLoRA's rebuild rule and initialisation, as plain functions of tensors (no PEFT here).
+
+PRoLoRA (Wang et al., ACL 2024, arXiv 2402.16902) is LoRA whose factors are *rebuilt every forward pass* from a
+small shared chunk that is broadcast along the hidden dimension with a rotation, plus a few unshared ranks.
+For a frozen linear layer ``W0 : R^{d_in} -> R^{d_out}`` (weight ``(d_out, d_in)``) the output is
+
+.. math::
+
+    y = W_0 x + \frac{\alpha}{r}\, B\, A\, \mathrm{dropout}(x)
+
+exactly like LoRA, with ``A`` of shape ``(r, d_in)`` and ``B`` of shape ``(d_out, r)``. What differs is where
+``A`` and ``B`` come from. Let ``u`` be the number of unshared ranks, ``r' = r - u`` the shared ones, ``m`` / ``n``
+the number of copies of the A / B chunk (``reduce_lora_A_x`` / ``reduce_lora_B_x``) and
+
+* ``c_A = ceil(d_in / m)``, ``c_B = ceil(d_out / n)``  — chunk widths,
+* ``s_A = max(floor(r' / m), 1)``, ``s_B = max(floor(r' / n), 1)`` — rotation strides (the authors' automatic
+  choice; 0 disables rotation, giving the "CLoRA" ablation).
+
+Trainable tensors (everything else is derived)::
+
+    A0  (r', c_A)    shared chunk of A          A_u (u, d_in)    unshared rows of A
+    B0  (c_B, r')    shared chunk of B          B_u (d_out, u)   unshared columns of B
+
+Rebuilt A — copy ``k`` of ``A0`` covers input columns ``[k*c_A, (k+1)*c_A)`` and has its rank rows rolled up by
+``k*s_A`` (row ``i`` of copy ``k`` is row ``(i + k*s_A) mod r'`` of ``A0``); the tail past ``d_in`` is cut and the
+unshared rows go below. Picture for r'=3, m=3, s_A=1 (letters are the rows of A0)::
+
+              block 0   block 1   block 2 (truncated)
+    rank 0  [   a   |    b    |   c  ]
+    rank 1  [   b   |    c    |   a  ]        A[i, k*c_A + j] = A0[(i + k*s_A) mod r', j]
+    rank 2  [   c   |    a    |   b  ]
+    rank 3+ [            A_u             ]    (u rows, full width d_in)
+
+Rebuilt B is the same along ``d_out``: ``B[k*c_B + j, i] = B0[j, (i + k*s_B) mod r']`` for ``i < r'``, rows past
+``d_out`` cut, and ``B[:, r':] = B_u``. So ``A`` is ``(r, d_in)`` and ``B`` is ``(d_out, r)`` and the forward pass
+runs LoRA's two matmuls on them. The gather is a tiny index op on the chunk (its index tensor is cached), so the
+hot path adds O(r * (d_in + d_out)) work to LoRA's O(tokens * r * (d_in + d_out)).
+
+Special cases: ``m = n = 1`` (one copy, no rotation) or ``u = r`` (no shared ranks) is plain LoRA.
+
+Initialisation ("rectified"): ``A0`` and ``A_u`` are Kaiming-uniform with ``a = sqrt(5)`` (``nn.Linear``'s default)
+but with the fan set to the *full* ``d_in``, i.e. ``U(-1/sqrt(d_in), 1/sqrt(d_in))`` — so the rebuilt ``A`` has the
+same statistics as a vanilla LoRA ``A``. Without rectification (ablation) the chunk's own width ``c_A`` is the fan,
+giving a ``sqrt(m)`` times larger bound. ``B0`` and ``B_u`` start at zero, so the adapter starts as a no-op.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+
+
+def chunk_width(features: int, copies: int) -> int:
+    """Width of the shared chunk that ``copies`` copies stretch over ``features`` columns: ``ceil(features/copies)``."""
+    return -(-features // copies)
+
+
+def default_stride(shared_r: int, copies: int) -> int:
+    """The authors' automatic rotation stride: ``max(floor(r' / copies), 1)``."""
+    return max(shared_r // copies, 1)
+
+
+@functools.lru_cache(maxsize=256)
+def _rotation_index_cpu(shared_r: int, copies: int, stride: int) -> torch.Tensor:
+    ranks = torch.arange(shared_r)
+    offsets = torch.arange(copies).unsqueeze(1) * stride
+    return (ranks + offsets) % shared_r  # (copies, r'): index[k, i] = (i + k*stride) mod r'
+
+
+_DEVICE_INDEX_CACHE: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
+
+
+def rotation_index(shared_r: int, copies: int, stride: int, device: torch.device) -> torch.Tensor:
+    """``(copies, r')`` long tensor with ``index[k, i] = (i + k*stride) mod r'``; built once per shape and device."""
+    key = (shared_r, copies, stride, torch.device(device))
+    index = _DEVICE_INDEX_CACHE.get(key)
+    if index is None:
+        index = _rotation_index_cpu(shared_r, copies, stride).to(device)
+        _DEVICE_INDEX_CACHE[key] = index
+    return index
+
+
+def rebuild_A(A0: torch.Tensor | None, A_u: torch.Tensor | None, in_features: int, copies: int, stride: int) -> torch.Tensor:
+    """Full ``A`` ``(r, d_in)`` from the shared chunk ``A0`` ``(r', c_A)`` and the unshared rows ``A_u`` ``(u, d_in)``.
+
+    Either part may be ``None`` (``r' = 0`` or ``u = 0``). Differentiable w.r.t. both parts.
+    """
+    parts = []
+    if A0 is not None:
+        shared_r, width = A0.shape
+        index = rotation_index(shared_r, copies, stride, A0.device)
+        blocks = A0[index]  # (copies, r', c_A): block k holds A0 rolled up by k*stride
+        parts.append(blocks.transpose(0, 1).reshape(shared_r, copies * width)[:, :in_features])
+    if A_u is not None:
+        parts.append(A_u)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+
+def rebuild_B(B0: torch.Tensor | None, B_u: torch.Tensor | None, out_features: int, copies: int, stride: int) -> torch.Tensor:
+    """Full ``B`` ``(d_out, r)`` from the shared chunk ``B0`` ``(c_B, r')`` and the unshared columns ``B_u`` ``(d_out, u)``."""
+    parts = []
+    if B0 is not None:
+        width, shared_r = B0.shape
+        index = rotation_index(shared_r, copies, stride, B0.device)
+        blocks = B0[:, index]  # (c_B, copies, r'): block k holds B0's columns rolled by k*stride
+        parts.append(blocks.transpose(0, 1).reshape(copies * width, shared_r)[:out_features])
+    if B_u is not None:
+        parts.append(B_u)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def init_A_(tensor: torch.Tensor, in_features: int, rectified: bool = True) -> torch.Tensor:
+    """Kaiming-uniform (a=sqrt(5)) in place: fan = ``in_features`` when rectified, else the tensor's own width."""
+    fan = in_features if rectified else tensor.shape[1]
+    bound = 1.0 / math.sqrt(fan)  # gain sqrt(1/3) * sqrt(3 / fan) for a = sqrt(5)
+    with torch.no_grad():
+        return tensor.uniform_(-bound, bound)
+
+
+def init_B_(tensor: torch.Tensor) -> torch.Tensor:
+    """B parts start at zero so the adapter is a no-op at step 0."""
+    with torch.no_grad():
+        return tensor.zero_()
