@@ -47,7 +47,7 @@ def cache_dir() -> Path:
 
 def _archive_pattern(spec: str) -> str:
     name, version = spec.split("==")
-    return f"{name.replace('-', '_')}-{version}*"
+    return f"{name.replace('-', '_')}_{version}[._]*"
 
 
 def download_package(spec: str) -> Path:
@@ -64,10 +64,42 @@ def download_package(spec: str) -> Path:
         proc = subprocess.run(cmd, capture_output=True, text=True)
         files = list(Path(tmp).iterdir())
         if proc.returncode != 0 or len(files) != 1:
-            raise RuntimeError(f"could not download {spec} with pip: {proc.stderr.strip()[-500:]}")
+            # Some sdists (bigbench) declare direct-URL requirements that current pip refuses while preparing
+            # metadata; we only want the archive, so fetch it from the registry's JSON API and check its hash.
+            logger.info("pip could not download %s (%s); fetching the archive directly", spec,
+                        proc.stderr.strip().splitlines()[-1:] or "no error output")
+            files = [_download_from_registry(spec, Path(tmp))]
         final = wheels / files[0].name
         os.replace(files[0], final)
     return final
+
+
+def _download_from_registry(spec: str, dest: Path) -> Path:
+    """Download the sdist (else the first file) of ``spec`` via PyPI's JSON API, verifying its sha256."""
+    import hashlib
+    import json
+    import urllib.request
+
+    from tqdm import tqdm
+
+    name, version = spec.split("==")
+    with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=60) as resp:
+        files = json.load(resp)["urls"]
+    if not files:
+        raise RuntimeError(f"the package registry lists no files for {spec}")
+    info = next((f for f in files if f["packagetype"] == "sdist"), files[0])
+    target = dest / info["filename"]
+    digest = hashlib.sha256()
+    with urllib.request.urlopen(info["url"], timeout=120) as resp, open(target, "wb") as out, tqdm(
+        total=info.get("size"), unit="B", unit_scale=True, desc=info["filename"]
+    ) as bar:
+        while chunk := resp.read(1 << 20):
+            out.write(chunk)
+            digest.update(chunk)
+            bar.update(len(chunk))
+    if digest.hexdigest() != info["digests"]["sha256"]:
+        raise RuntimeError(f"sha256 mismatch for {info['filename']}: the download is corrupt")
+    return target
 
 
 def read_member(spec: str, member: str) -> bytes:

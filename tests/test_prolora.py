@@ -436,3 +436,39 @@ def test_all_linear_and_regex_targets(tiny_llama):
     model = get_peft_model(tiny_llama(), P.ProLoraConfig(r=4, target_modules=r".*layers\.1\.self_attn\.(q|v)_proj"))
     adapted = sorted(n for n, m in model.named_modules() if isinstance(m, P.ProLoraLayer))
     assert adapted == ["base_model.model.model.layers.1.self_attn.q_proj", "base_model.model.model.layers.1.self_attn.v_proj"]
+
+
+@pytest.mark.parametrize("u,autocast", [(1, False), (0, False), (8, False), (2, True)])
+def test_memory_lean_delta_matches_plain_autograd(u, autocast):
+    """`prolora_delta` (rebuilds A/B again in backward) = plain autograd through the rebuild, values and grads."""
+    from open_instruct.prolora.rebuild import prolora_delta
+
+    torch.manual_seed(0)
+    d_in, d_out, r, m, n = 72, 98, 8, 5, 3
+    rs = r - u
+    A0 = torch.randn(rs, chunk_width(d_in, m), requires_grad=True) if rs else None
+    B0 = torch.randn(chunk_width(d_out, n), rs, requires_grad=True) if rs else None
+    A_u = torch.randn(u, d_in, requires_grad=True) if u else None
+    B_u = torch.randn(d_out, u, requires_grad=True) if u else None
+    x = torch.randn(2, 5, d_in, requires_grad=True)
+    geometry = (d_in, d_out, m, n, max(rs // m, 1), max(rs // n, 1))
+    leaves = [t for t in (x, A0, A_u, B0, B_u) if t is not None]
+
+    def run(lean):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if lean:
+                y = prolora_delta(x, A0, A_u, B0, B_u, geometry, 0.5)
+            else:
+                A = P.rebuild_A(A0, A_u, d_in, m, geometry[4])
+                B = P.rebuild_B(B0, B_u, d_out, n, geometry[5])
+                y = torch.nn.functional.linear(torch.nn.functional.linear(x, A), B) * 0.5
+        grads = torch.autograd.grad(y.float().square().sum(), leaves)
+        return y, grads
+
+    (y1, g1), (y2, g2) = run(True), run(False)
+    tol = dict(rtol=2e-2, atol=2e-2) if autocast else dict(rtol=1e-5, atol=1e-5)
+    assert y1.dtype == y2.dtype
+    torch.testing.assert_close(y1, y2, **tol)
+    for a, b in zip(g1, g2):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a, b, **(dict(rtol=5e-2, atol=5e-1) if autocast else tol))

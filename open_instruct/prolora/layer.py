@@ -14,7 +14,7 @@ from peft.utils import resolve_quantization_backend
 from peft.utils.integrations import gather_params_ctx
 
 from open_instruct.prolora.config import ProLoraConfig
-from open_instruct.prolora.rebuild import chunk_width, init_A_, init_B_, rebuild_A, rebuild_B
+from open_instruct.prolora.rebuild import chunk_width, init_A_, init_B_, prolora_delta, rebuild_A, rebuild_B
 
 
 class ProLoraLayer(BaseTunerLayer):
@@ -166,10 +166,21 @@ class Linear(nn.Module, ProLoraLayer):
         for name in self.active_adapters:
             if not self.has_adapter(name):
                 continue
-            A, B = self.rebuild(name)
+            chunks = [getattr(self, attr).get(name) for attr in self.adapter_layer_names]  # A0, B0, A_u, B_u
+            dtype = next(c for c in chunks if c is not None).dtype
             # Cast explicitly (the authors' code crashed here with autocast off); autocast still wins when on.
-            h = self.prolora_dropout[name](self._cast_input_dtype(x, A.dtype))
-            result = result + F.linear(F.linear(h, A), B) * self.scaling[name]
+            h = self.prolora_dropout[name](self._cast_input_dtype(x, dtype))
+            if any(hasattr(c, "ds_id") for c in chunks if c is not None):
+                # DeepSpeed ZeRO-3 frees partitioned parameters after forward; plain autograd never needs the
+                # chunks' values in backward (only the rebuilt A and B), so use it there.
+                A, B = self.rebuild(name)
+                delta = F.linear(F.linear(h, A), B) * self.scaling[name]
+            else:
+                A0, B0, A_u, B_u = chunks
+                (m, n), (s_A, s_B) = self.copies[name], self.strides[name]
+                geometry = (self.in_features, self.out_features, m, n, s_A, s_B)
+                delta = prolora_delta(h, A0, A_u, B0, B_u, geometry, self.scaling[name])
+            result = result + delta
         return result.to(previous_dtype)
 
     def __repr__(self) -> str:

@@ -123,3 +123,60 @@ def init_B_(tensor: torch.Tensor) -> torch.Tensor:
     """B parts start at zero so the adapter is a no-op at step 0."""
     with torch.no_grad():
         return tensor.zero_()
+
+
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+class _ProLoraDelta(torch.autograd.Function):
+    """``scale * (x A^T) B^T`` that keeps only ``x`` and ``h = x A^T`` for backward, like LoRA does.
+
+    A plain autograd graph would also keep the rebuilt ``A`` (r, d_in) and ``B`` (d_out, r) alive from forward to
+    backward — memory LoRA does not need, since its A and B are the parameters themselves. Here backward rebuilds
+    them from the chunks (a cheap gather) and maps their gradients back onto the chunks with one small VJP, so
+    PRoLoRA's activation memory equals LoRA's and its gradient memory is that of the compact chunks.
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, geometry, A0, A_u, B0, B_u):
+        in_features, out_features, m, n, s_A, s_B = geometry
+        A = rebuild_A(A0, A_u, in_features, m, s_A)
+        B = rebuild_B(B0, B_u, out_features, n, s_B)
+        h = x @ A.t()
+        ctx.scale, ctx.geometry = scale, geometry
+        ctx.autocast = (x.device.type, *_autocast_state(x.device.type))
+        ctx.save_for_backward(x, h, A0, A_u, B0, B_u)
+        return (h @ B.t()) * scale
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, h, A0, A_u, B0, B_u = ctx.saved_tensors
+        in_features, out_features, m, n, s_A, s_B = ctx.geometry
+        device_type, autocast_on, autocast_dtype = ctx.autocast
+        chunks = [A0, A_u, B0, B_u]
+        leaves = [c.detach().requires_grad_(True) if c is not None else None for c in chunks]
+        with torch.enable_grad():
+            A = rebuild_A(leaves[0], leaves[1], in_features, m, s_A)
+            B = rebuild_B(leaves[2], leaves[3], out_features, n, s_B)
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
+            dy = dy * ctx.scale
+            dh = dy @ B.detach()  # (..., r)
+            dx = dh @ A.detach() if ctx.needs_input_grad[0] else None
+            dB = dy.reshape(-1, dy.shape[-1]).t() @ h.reshape(-1, h.shape[-1])  # (d_out, r)
+            dA = dh.reshape(-1, dh.shape[-1]).t() @ x.reshape(-1, x.shape[-1])  # (r, d_in)
+        wanted = [leaf for leaf in leaves if leaf is not None]
+        grads = iter(torch.autograd.grad((A, B), wanted, (dA.to(A.dtype), dB.to(B.dtype))))
+        chunk_grads = [next(grads) if leaf is not None else None for leaf in leaves]
+        if dx is not None:
+            dx = dx.to(x.dtype)
+        return (dx, None, None, *chunk_grads)
+
+
+def prolora_delta(x, A0, A_u, B0, B_u, geometry: tuple[int, int, int, int, int, int], scale: float) -> torch.Tensor:
+    """``scale * B A x`` for ``x (..., d_in)`` -> ``(..., d_out)``, with A and B rebuilt from the chunks.
+
+    ``geometry`` is ``(d_in, d_out, m, n, s_A, s_B)``. Same value and gradients as
+    ``F.linear(F.linear(x, rebuild_A(...)), rebuild_B(...)) * scale``, but with LoRA's activation memory.
+    """
+    return _ProLoraDelta.apply(x, scale, geometry, A0, A_u, B0, B_u)
