@@ -1,0 +1,200 @@
+"""Check instruction-tuning data files before training, and report where a record is wrong.
+
+Two record formats are accepted, one JSON object per line (open-instruct's processed jsonl):
+
+* ``{"messages": [{"role": ..., "content": ...}, ...], ...}`` — roles are ``system``, ``user`` and
+  ``assistant``; an optional system message comes first and only first; after it the turns alternate
+  user, assistant, user, ... and the last turn is an assistant turn (the one the model learns to write).
+  Every content is a string with some non-whitespace text. Other keys (``dataset``, ``id``) are free.
+* ``{"prompt": str, "completion": str}`` — both non-empty strings.
+
+A bad record raises :class:`DataValidationError` whose message starts with where it was found
+(``"data.jsonl:17: message 2 has role 'bot' ..."``; message indices count from 0). ``finetune`` reads its
+training file through :func:`iter_validated_jsonl`, so a broken line stops it before any model is loaded.
+
+CLI::
+
+    python -m open_instruct.validate_data FILE [FILE ...] [--stats --tokenizer PATH [--max_seq_length N]]
+
+prints the errors of each file (up to 20 per file; exit status 1 if any) and, with ``--stats``, counts of
+records and turns and, given a tokenizer, percentiles of each record's token length in the
+training encoding (tulu layout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Iterator
+
+ROLES = ("system", "user", "assistant")
+UNTRUNCATED = 1 << 30  # a max_seq_length that never truncates, to measure full lengths
+
+
+class DataValidationError(ValueError):
+    """A record (or line) of a data file does not have the expected shape; the message says where."""
+
+
+def _check_text(value, where: str, what: str) -> None:
+    if not isinstance(value, str):
+        raise DataValidationError(f"{where}: {what} should be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataValidationError(f"{where}: {what} is empty")
+
+
+def _validate_messages(messages, where: str) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise DataValidationError(f"{where}: 'messages' should be a non-empty list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise DataValidationError(f"{where}: message {i} should be an object, got {type(message).__name__}")
+        role = message.get("role")
+        if role not in ROLES:
+            raise DataValidationError(f"{where}: message {i} has role {role!r} (expected system, user or assistant)")
+        _check_text(message.get("content"), where, f"message {i} ({role}) content")
+        if role == "system" and i != 0:
+            raise DataValidationError(f"{where}: message {i} is a system message; only the first message may be one")
+    # After the optional system message the turns go user, assistant, user, ... and end on an assistant turn.
+    start = 1 if messages[0]["role"] == "system" else 0
+    for i in range(start, len(messages)):
+        expected = "user" if (i - start) % 2 == 0 else "assistant"
+        if messages[i]["role"] != expected:
+            raise DataValidationError(
+                f"{where}: message {i} has role '{messages[i]['role']}' but '{expected}' was expected "
+                "(turns must alternate user/assistant, starting with user)")
+    if messages[-1]["role"] != "assistant":
+        raise DataValidationError(f"{where}: the last message should be an assistant turn, "
+                                  f"got '{messages[-1]['role']}'")
+
+
+def validate_record(record: dict, where: str) -> None:
+    """Raise :class:`DataValidationError` (message prefixed by ``where``) unless ``record`` is a valid example."""
+    if not isinstance(record, dict):
+        raise DataValidationError(f"{where}: a record should be a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        _validate_messages(record["messages"], where)
+    elif "prompt" in record or "completion" in record:
+        _check_text(record.get("prompt"), where, "'prompt'")
+        _check_text(record.get("completion"), where, "'completion'")
+    else:
+        raise DataValidationError(f"{where}: record has neither 'messages' nor 'prompt'/'completion' "
+                                  f"(keys: {sorted(record)})")
+
+
+def _parse_lines(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """Yield ``("path:line", record)`` for each non-blank line; invalid JSON raises naming the line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataValidationError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def iter_validated_jsonl(path: str | Path) -> Iterator[dict]:
+    """Yield the records of a jsonl file, validating each; blank lines are skipped.
+
+    Raises :class:`DataValidationError` naming ``path:line`` on invalid JSON or an invalid record.
+    """
+    for where, record in _parse_lines(path):
+        validate_record(record, where)
+        yield record
+
+
+def find_errors(path: str | Path, max_errors: int = 20) -> tuple[int, list[str]]:
+    """Check a whole file: ``(number of valid records, up to max_errors error messages)``.
+
+    Unlike :func:`iter_validated_jsonl` it keeps going past a bad record; invalid JSON still ends the scan,
+    because after a broken line the rest of the file cannot be trusted.
+    """
+    valid, errors = 0, []
+    try:
+        for where, record in _parse_lines(path):
+            try:
+                validate_record(record, where)
+                valid += 1
+            except DataValidationError as e:
+                errors.append(str(e))
+            if len(errors) >= max_errors:
+                errors.append(f"{path}: stopped after {max_errors} errors")
+                break
+    except DataValidationError as e:
+        errors.append(str(e))
+    return valid, errors
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    """Nearest-rank percentile (``q`` in [0, 100]) of an already sorted, non-empty list."""
+    rank = max(1, -(-len(sorted_values) * q // 100))  # ceil(n·q/100), at least the first value
+    return sorted_values[int(rank) - 1]
+
+
+def file_stats(path: str | Path, tokenizer=None, max_seq_length: int | None = None) -> dict:
+    """Counts (records, messages per role, user/assistant exchanges) and, with a tokenizer, token lengths.
+
+    Lengths are those of the training encoding (:func:`open_instruct.encoding.encode_record`: tulu layout,
+    BOS and EOS included) before truncation; ``over_<max_seq_length>`` counts the records finetune will cut.
+    """
+    from open_instruct.encoding import encode_record
+
+    roles: Counter = Counter()
+    records = exchanges = 0
+    lengths: list[int] = []
+    for record in iter_validated_jsonl(path):
+        records += 1
+        if "messages" in record:
+            roles.update(m["role"] for m in record["messages"])
+            exchanges += sum(m["role"] == "assistant" for m in record["messages"])
+        else:
+            exchanges += 1
+        if tokenizer is not None:  # the exact training encoding, untruncated
+            lengths.append(len(encode_record(record, tokenizer, max_seq_length=UNTRUNCATED)["input_ids"]))
+    stats = {"records": records, "exchanges": exchanges, "messages_by_role": dict(roles)}
+    if lengths:
+        lengths.sort()
+        stats["tokens"] = {f"p{q}": percentile(lengths, q) for q in (50, 90, 99)} | {"max": lengths[-1]}
+        if max_seq_length is not None:
+            stats["tokens"][f"over_{max_seq_length}"] = sum(n > max_seq_length for n in lengths)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Validate messages/prompt-completion jsonl training files.")
+    parser.add_argument("files", nargs="+", help="jsonl files to check")
+    parser.add_argument("--stats", action="store_true", help="also print record/turn counts (and token lengths)")
+    parser.add_argument("--tokenizer", help="tokenizer name or path for token-length percentiles (with --stats)")
+    parser.add_argument("--max_seq_length", type=int, help="with --tokenizer: also count records longer than this")
+    args = parser.parse_args(argv)
+    if args.tokenizer and not args.stats:
+        parser.error("--tokenizer is only used with --stats")
+
+    tokenizer = None
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    failed = 0
+    for path in args.files:
+        try:
+            valid, errors = find_errors(path)
+        except OSError as e:
+            valid, errors = 0, [f"{path}: cannot read ({e.strerror})"]
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+        if errors:
+            failed += 1
+        elif args.stats:
+            print(json.dumps({"file": str(path)} | file_stats(path, tokenizer, args.max_seq_length)))
+        else:
+            print(f"{path}: {valid} records OK")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
