@@ -65,7 +65,7 @@ def download_package(spec: str) -> Path:
         files = list(Path(tmp).iterdir())
         if proc.returncode != 0 or len(files) != 1:
             # Some sdists (bigbench) declare direct-URL requirements that current pip refuses while preparing
-            # metadata; we only want the archive, so fetch it from the registry's JSON API and check its hash.
+            # metadata; we only want the archive, so fetch it from the registry's simple index and check its hash.
             logger.info("pip could not download %s (%s); fetching the archive directly", spec,
                         proc.stderr.strip().splitlines()[-1:] or "no error output")
             files = [_download_from_registry(spec, Path(tmp))]
@@ -75,7 +75,7 @@ def download_package(spec: str) -> Path:
 
 
 def _download_from_registry(spec: str, dest: Path) -> Path:
-    """Download the sdist (else the first file) of ``spec`` via PyPI's JSON API, verifying its sha256."""
+    """Download the sdist (else the first file) of ``spec`` from PyPI's simple index (PEP 691 JSON), checking sha256."""
     import hashlib
     import json
     import urllib.request
@@ -83,11 +83,14 @@ def _download_from_registry(spec: str, dest: Path) -> Path:
     from tqdm import tqdm
 
     name, version = spec.split("==")
-    with urllib.request.urlopen(f"https://pypi.org/pypi/{name}/{version}/json", timeout=60) as resp:
-        files = json.load(resp)["urls"]
-    if not files:
+    request = urllib.request.Request(f"https://pypi.org/simple/{name}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        listing = json.load(resp)["files"]
+    candidates = [f for f in listing if f["filename"].startswith(f"{name}-{version}") and not f.get("yanked")]
+    if not candidates:
         raise RuntimeError(f"the package registry lists no files for {spec}")
-    info = next((f for f in files if f["packagetype"] == "sdist"), files[0])
+    info = next((f for f in candidates if f["filename"].endswith(".tar.gz")), candidates[0])
     target = dest / info["filename"]
     digest = hashlib.sha256()
     with urllib.request.urlopen(info["url"], timeout=120) as resp, open(target, "wb") as out, tqdm(
@@ -97,7 +100,7 @@ def _download_from_registry(spec: str, dest: Path) -> Path:
             out.write(chunk)
             digest.update(chunk)
             bar.update(len(chunk))
-    if digest.hexdigest() != info["digests"]["sha256"]:
+    if digest.hexdigest() != info["hashes"]["sha256"]:
         raise RuntimeError(f"sha256 mismatch for {info['filename']}: the download is corrupt")
     return target
 
