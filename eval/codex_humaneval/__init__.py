@@ -1,0 +1,2 @@
+"""Codex-HumanEval: generation (``run_eval``), sandboxed execution (``execution``) and pass@k scoring
+(``evaluate``)."""
