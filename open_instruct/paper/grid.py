@@ -1,0 +1,408 @@
+"""Run an experiment grid from a YAML file: fine-tune -> merge -> evaluate every cell, then tabulate and plot.
+
+YAML layout (see ``configs/experiments/*.yaml``)::
+
+    name: mini_smollm2
+    model: offline:smollm2            # hub name, local folder, or offline:smollm2 (the packaged SmolLM2)
+    output_dir: output/mini_smollm2
+    seeds: [1, 2, 3]
+    prepare:                          # optional: commands run once before any cell (e.g. build the data)
+      - {module: open_instruct.offline_data, args: {...}, creates: data/processed/asdiv/asdiv_data.jsonl}
+    train: {train_file: ..., learning_rate: 2.0e-4, max_train_steps: 200, ...}   # finetune flags for every cell
+    merge: {enabled: true, keep_merged: true, args: {...}}
+    eval_args: {use_chat_format: true}                                           # flags for every eval
+    evals:                            # save-dir name -> module + flags
+      asdiv: {module: eval.gsm.run_eval, args: {data_dir: data/eval/asdiv}}
+    methods:                          # list values expand into a cartesian product, then x seeds
+      - {name: base, method: base}
+      - {name: lora, method: lora, r: [8, 16], lr: [1.0e-4, 2.0e-4]}
+      - {name: clora, method: prolora, r: 8, u: 1, m: 2, n: 2, rotation: false, label: "CLoRA (no rotation)"}
+    summary: {task: mini, plot_columns: [ASDiv EM]}
+    extends: common/base.yaml         # optional: a file (relative to this one) that this one is merged over
+    smoke: {...}                      # deep-merged over the file with --smoke (fewer steps/examples, 1 seed);
+                                      # a null value there removes a setting or an eval
+
+Each cell gets a deterministic folder ``<output_dir>/<name>_r8_u1_m2n2_lr0.0002_sd1`` holding
+``run_config.json`` (its identity, read by the summarizer), the adapter, ``merged/`` and ``eval/<name>/``.
+Stages are subprocesses (``python -m <module> ...``) with their output in ``logs/<stage>.log``. A stage counts as
+done when its marker ``.grid/<stage>.done`` exists *and* its output is there, so an interrupted grid resumes
+where it stopped (fine-tuning itself resumes from its last checkpoint). A failing stage is recorded in
+``.grid/<stage>.failed``; a failed fine-tune or merge skips the rest of that cell (a failed eval only itself),
+the grid goes on and the failures are listed at the end. A ``base`` cell has no training: its evals run on the base model.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import yaml
+from tqdm import tqdm
+
+from open_instruct.io_utils import write_json
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("base", "lora", "prolora", "vera", "tied_lora")
+LABELS = {"base": "base model", "lora": "LoRA", "prolora": "PRoLoRA", "vera": "VeRA", "tied_lora": "Tied-LoRA"}
+EXPANDABLE = ("r", "u", "m", "n", "lr", "alpha")
+CELL_KEYS = {"name", "method", "label", "rotation", "rectified_init", *EXPANDABLE}
+TOP_KEYS = {"name", "model", "output_dir", "seeds", "prepare", "train", "merge", "eval_args", "evals", "methods",
+            "summary", "smoke", "modules", "extends"}
+DEFAULT_MODULES = {"finetune": "open_instruct.finetune", "merge": "open_instruct.merge_lora"}
+OFFLINE_SMOLLM2 = "offline:smollm2"
+
+# runner(command, log_file) -> exit status; the default runs a subprocess, tests inject a fake.
+Runner = Callable[[list[str], Path], int]
+
+
+class GridConfigError(ValueError):
+    """A problem in the grid YAML, reported as one line naming the file and the offending value."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One point of the grid (a base-model row has method "base" and no hyper-parameters)."""
+
+    name: str
+    method: str
+    label: str
+    r: Optional[int] = None
+    u: Optional[int] = None
+    m: Optional[int] = None
+    n: Optional[int] = None
+    lr: Optional[float] = None
+    alpha: Optional[float] = None
+    rotation: bool = True
+    rectified_init: bool = True
+    seed: Optional[int] = None
+
+    @property
+    def folder(self) -> str:
+        parts = [self.name]
+        if self.r is not None:
+            parts.append(f"r{self.r}")
+        if self.method == "prolora":
+            parts += [f"u{self.u}", f"m{self.m}n{self.n}"]
+        if self.alpha is not None:
+            parts.append(f"a{self.alpha:g}")
+        if self.lr is not None:
+            parts.append(f"lr{self.lr:g}")
+        if self.seed is not None:
+            parts.append(f"sd{self.seed}")
+        return "_".join(parts)
+
+
+@dataclass
+class Stage:
+    name: str
+    command: list[str]
+    output: Path  # must exist after success; its absence makes the stage run again
+
+
+@dataclass
+class GridResult:
+    cells: int = 0
+    stages_run: int = 0
+    stages_skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """`override` on top of `base`, recursing into dicts (lists and scalars are replaced)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_yaml(path: Path) -> dict:
+    """One YAML mapping; with ``extends: other.yaml`` (relative to this file) it is merged over that file."""
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise GridConfigError(f"grid config {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise GridConfigError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(config, dict):
+        raise GridConfigError(f"{path}: expected a mapping at the top level")
+    if "extends" in config:
+        config = deep_merge(read_yaml(path.parent / config.pop("extends")), config)
+    return config
+
+
+def load_config(path, smoke: bool = False) -> dict:
+    """Read and check a grid YAML; with `smoke`, apply its ``smoke:`` overrides and use ``<output_dir>_smoke``."""
+    path = Path(path)
+    config = read_yaml(path)
+    unknown = set(config) - TOP_KEYS
+    if unknown:
+        raise GridConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected some of {sorted(TOP_KEYS)}")
+    for key in ("model", "output_dir", "methods"):
+        if key not in config:
+            raise GridConfigError(f"{path}: missing required key {key!r}")
+    if smoke:
+        if "smoke" not in config:
+            raise GridConfigError(f"{path}: --smoke given but the file has no 'smoke:' section")
+        config = deep_merge(config, config["smoke"])
+        config["output_dir"] = str(config["output_dir"]).rstrip("/") + "_smoke"
+    config.pop("smoke", None)
+    config["_source"] = str(path)
+    if not isinstance(config["methods"], list):
+        raise GridConfigError(f"{path}: 'methods' must be a list of method entries")
+    for name, spec in (config.get("evals") or {}).items():
+        if spec is not None and (not isinstance(spec, dict) or "module" not in spec):
+            raise GridConfigError(f"{path}: evals.{name} needs a 'module'")
+    prepare_stages(config)  # validate everything now, before anything runs
+    expand_cells(config)
+    return config
+
+
+def expand_cells(config: dict) -> list[Cell]:
+    """All cells: each methods entry x the product of its list-valued hyper-parameters x seeds (base: once)."""
+    source = config.get("_source", "grid config")
+    seeds = config.get("seeds") or [None]
+    cells: list[Cell] = []
+    for index, entry in enumerate(config["methods"]):
+        where = f"{source}: methods[{index}]"
+        if not isinstance(entry, dict) or "name" not in entry or "method" not in entry:
+            raise GridConfigError(f"{where}: each method entry needs 'name' and 'method'")
+        unknown = set(entry) - CELL_KEYS
+        if unknown:
+            raise GridConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(CELL_KEYS)}")
+        method = entry["method"]
+        if method not in METHODS:
+            raise GridConfigError(f"{where}: method {method!r} is not one of {METHODS}")
+        if method == "base" and any(k in entry for k in EXPANDABLE):
+            raise GridConfigError(f"{where}: a base-model cell takes no hyper-parameters")
+        if method != "prolora" and any(k in entry for k in ("u", "m", "n", "rotation", "rectified_init")):
+            raise GridConfigError(f"{where}: u/m/n/rotation/rectified_init only apply to method prolora")
+        if method != "base" and "r" not in entry:
+            raise GridConfigError(f"{where}: method {method} needs a rank 'r'")
+        axes = {k: entry[k] if isinstance(entry[k], list) else [entry[k]] for k in EXPANDABLE if k in entry}
+        if method == "prolora":
+            axes.setdefault("u", [0])
+            axes.setdefault("m", [1])
+            axes.setdefault("n", [1])
+        for values in itertools.product(*axes.values()):
+            point = dict(zip(axes, values))
+            for cell_seed in ([None] if method == "base" else seeds):
+                cells.append(Cell(name=entry["name"], method=method, label=entry.get("label", LABELS[method]),
+                                  rotation=entry.get("rotation", True),
+                                  rectified_init=entry.get("rectified_init", True), seed=cell_seed, **point))
+    folders = [cell.folder for cell in cells]
+    duplicates = sorted({f for f in folders if folders.count(f) > 1})
+    if duplicates:
+        raise GridConfigError(f"{source}: cells share folder names {duplicates}; give the entries different 'name's")
+    return cells
+
+
+def resolve_model(model: str) -> str:
+    """`offline:smollm2` -> the packaged SmolLM2 checkpoint folder; anything else unchanged."""
+    if model == OFFLINE_SMOLLM2:
+        from open_instruct.offline_assets import smollm2_path
+
+        return str(smollm2_path())
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+def cli_flags(options: Optional[dict]) -> list[str]:
+    """{key: value} -> ["--key", "value"]; True -> "--key", False/None -> omitted, lists -> several values."""
+    flags: list[str] = []
+    for key, value in (options or {}).items():
+        if value is None or value is False:
+            continue
+        flags.append(f"--{key}")
+        if value is True:
+            continue
+        flags += [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return flags
+
+
+def cell_stages(config: dict, cell: Cell, cell_dir: Path, model: str) -> list[Stage]:
+    """The subprocess commands of one cell, in order."""
+    python = [sys.executable, "-m"]
+    modules = {**DEFAULT_MODULES, **config.get("modules", {})}
+    merge = {"enabled": True, **config.get("merge", {})}
+    stages = []
+    eval_model_flags = ["--model_name_or_path", model]
+    if cell.method != "base":
+        train = dict(config.get("train", {}))
+        if cell.lr is not None:
+            train["learning_rate"] = cell.lr
+        if cell.alpha is not None:
+            train["lora_alpha"] = cell.alpha
+        if cell.method == "vera":
+            train.pop("lora_alpha", None)  # VeRA has no alpha
+        method_flags = {"use_lora": True, "peft_method": cell.method, "lora_rank": cell.r, "seed": cell.seed}
+        if cell.method == "prolora":
+            method_flags.update(unshared_r=cell.u, reduce_lora_A_x=cell.m, reduce_lora_B_x=cell.n,
+                                no_lora_rotation=not cell.rotation, no_rectified_init=not cell.rectified_init)
+        command = [*python, modules["finetune"], "--model_name_or_path", model, "--output_dir", str(cell_dir),
+                   "--resume_from_checkpoint", "auto", *cli_flags({**train, **method_flags})]
+        stages.append(Stage("finetune", command, cell_dir / "completed"))
+        if merge["enabled"]:
+            merged = cell_dir / "merged"
+            command = [*python, modules["merge"], "--base_model_name_or_path", model,
+                       "--lora_model_name_or_path", str(cell_dir), "--output_dir", str(merged),
+                       *cli_flags(merge.get("args"))]
+            stages.append(Stage("merge", command, merged / "config.json"))
+            eval_model_flags = ["--model_name_or_path", str(merged)]
+        else:
+            eval_model_flags = ["--model_name_or_path", model, "--adapter_name_or_path", str(cell_dir)]
+    for eval_name, spec in (config.get("evals") or {}).items():
+        if spec is None:
+            continue  # an override (e.g. smoke:) may drop an eval by setting it to null
+        save_dir = cell_dir / "eval" / eval_name
+        command = [*python, spec["module"], *eval_model_flags, "--save_dir", str(save_dir),
+                   *cli_flags({**config.get("eval_args", {}), **spec.get("args", {})})]
+        stages.append(Stage(f"eval_{eval_name}", command, save_dir / "metrics.json"))
+    return stages
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+def subprocess_runner(command: list[str], log_file: Path) -> int:
+    """Run `command`, appending its stdout+stderr to `log_file`; returns the exit status."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a", encoding="utf-8") as log:
+        log.write(f"\n$ {' '.join(command)}\n")
+        log.flush()
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
+
+
+def stage_done(stage: Stage, cell_dir: Path) -> bool:
+    """A stage is done when its marker says it succeeded and its output is still there."""
+    return (cell_dir / ".grid" / f"{stage.name}.done").is_file() and stage.output.exists()
+
+
+def run_stage(stage: Stage, cell_dir: Path, runner: Runner, result: GridResult) -> bool:
+    """Run one stage unless already done; True when its output is in place afterwards."""
+    marker_dir = cell_dir / ".grid"
+    done, failed = marker_dir / f"{stage.name}.done", marker_dir / f"{stage.name}.failed"
+    if stage_done(stage, cell_dir):
+        result.stages_skipped += 1
+        return True
+    done.unlink(missing_ok=True)
+    log_file = cell_dir / "logs" / f"{stage.name}.log"
+    logger.info("%s: %s", cell_dir.name, stage.name)
+    started = time.time()
+    status = runner(stage.command, log_file)
+    result.stages_run += 1
+    record = {"command": stage.command, "exit_status": status, "seconds": round(time.time() - started, 1)}
+    if status == 0 and stage.output.exists():
+        failed.unlink(missing_ok=True)
+        write_json(done, record)
+        return True
+    reason = f"exit status {status}" if status != 0 else f"finished without writing {stage.output}"
+    write_json(failed, {**record, "reason": reason, "log_tail": _tail(log_file)})
+    message = f"{cell_dir.name}/{stage.name}: {reason} (log: {log_file})"
+    logger.error(message)
+    result.failures.append(message)
+    return False
+
+
+def prepare_stages(config: dict) -> list[Stage]:
+    """The one-off ``prepare`` commands (e.g. building the data), done once for the whole grid."""
+    stages = []
+    for index, spec in enumerate(config.get("prepare") or []):
+        if not isinstance(spec, dict) or "module" not in spec or "creates" not in spec:
+            raise GridConfigError(f"{config.get('_source')}: prepare[{index}] needs 'module' and 'creates'")
+        command = [sys.executable, "-m", spec["module"], *[str(a) for a in spec.get("positional", [])],
+                   *cli_flags(spec.get("args"))]
+        stages.append(Stage(f"prepare_{index}", command, Path(spec["creates"])))
+    return stages
+
+
+def run_grid(config: dict, runner: Runner = subprocess_runner, summarize: bool = True,
+             dry_run: bool = False) -> GridResult:
+    """Run every cell of a loaded grid config (see the module docstring); returns counts and failures."""
+    output_dir = Path(config["output_dir"])
+    cells = expand_cells(config)
+    result = GridResult(cells=len(cells))
+    if dry_run:
+        for stage in prepare_stages(config):
+            print(f"[prepare] {stage.name}: {' '.join(stage.command)}")
+        for cell in cells:
+            for stage in cell_stages(config, cell, output_dir / cell.folder, config["model"]):
+                print(f"[{cell.folder}] {stage.name}: {' '.join(stage.command)}")
+        return result
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for stage in prepare_stages(config):
+        if not run_stage(stage, output_dir, runner, result):
+            return result  # every cell needs what prepare builds
+    model = resolve_model(config["model"])
+    keep_merged = config.get("merge", {}).get("keep_merged", True)
+    for cell in tqdm(cells, desc="grid cells", unit="cell"):
+        cell_dir = output_dir / cell.folder
+        write_json(cell_dir / "run_config.json", run_config(config, cell))
+        stages = cell_stages(config, cell, cell_dir, model)
+        evals = [stage for stage in stages if stage.name.startswith("eval_")]
+        all_done = True
+        for stage in stages:
+            if stage.name == "merge" and evals and all(stage_done(s, cell_dir) for s in evals):
+                result.stages_skipped += 1
+                continue  # every eval is done: the merged model is not needed (again)
+            if not run_stage(stage, cell_dir, runner, result):
+                all_done = False
+                if stage not in evals:
+                    break  # later stages need this one; evals are independent of each other
+        if all_done and not keep_merged and (cell_dir / "merged").is_dir():
+            shutil.rmtree(cell_dir / "merged")
+    if summarize:
+        write_summary(config, output_dir)
+    if result.failures:
+        logger.error("%d stage(s) failed:\n  %s", len(result.failures), "\n  ".join(result.failures))
+    return result
+
+
+def run_config(config: dict, cell: Cell) -> dict:
+    """What `run_config.json` records of a cell: its identity with the effective learning rate and alpha."""
+    record = {**asdict(cell), "model": config["model"], "grid": config.get("name")}
+    if cell.method != "base":
+        train = config.get("train", {})
+        record["lr"] = cell.lr if cell.lr is not None else train.get("learning_rate")
+        if cell.method != "vera":
+            record["alpha"] = cell.alpha if cell.alpha is not None else train.get("lora_alpha")
+    return record
+
+
+def write_summary(config: dict, output_dir: Path) -> None:
+    """Summary tables and plots of everything under `output_dir` into `<output_dir>/summary/`."""
+    from open_instruct.paper import plots, summarize
+
+    settings = config.get("summary", {})
+    task_name = settings.get("task", "paper")
+    summary_dir = output_dir / "summary"
+    try:
+        print(summarize.summarize([output_dir], task_name, summary_dir))
+    except ValueError as err:  # e.g. nothing finished yet
+        logger.warning("no summary: %s", err)
+        return
+    runs = [summarize.read_run(p) for p in summarize.find_run_dirs([output_dir])]
+    task = summarize.TASKS[task_name]
+    rows = summarize.summarize_runs(runs, task)
+    for column in settings.get("plot_columns", list(task.columns)):
+        safe = "".join(ch if ch.isalnum() else "_" for ch in column)
+        plots.plot_efficiency(rows, column, summary_dir / f"efficiency_{safe}.png")
+    curves = [(f"{run.label} sd{run.seed}", run.path) for run in runs if not run.partial and run.label != "base model"]
+    plots.plot_loss_curves(curves, summary_dir / "loss_curves.png")
