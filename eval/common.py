@@ -28,8 +28,12 @@ def require_files(paths: list[Path], what: str) -> None:
         raise EvalError(f"{what} data not found: {', '.join(missing)}; {PREPARE_HINT}")
 
 
-def add_model_args(parser: argparse.ArgumentParser, save_dir: str, generation: bool = True) -> None:
-    """The model/batching/format flags of open-instruct's evals (``--use_vllm`` only for generation evals)."""
+def add_model_args(parser: argparse.ArgumentParser, save_dir: str, max_new_tokens: int | None = None) -> None:
+    """The model/batching/format flags of open-instruct's evals.
+
+    Generation evals pass their open-instruct decoding budget as ``max_new_tokens``; they also get ``--use_vllm``
+    and ``--max_new_tokens`` (lower it for quick checks; the default keeps results comparable).
+    """
     parser.add_argument("--save_dir", type=str, default=save_dir, help="folder for predictions and metrics.json")
     parser.add_argument("--model_name_or_path", type=str, default=None,
                         help="merged checkpoint, base model (with --adapter_name_or_path) or hub name; may be "
@@ -47,9 +51,11 @@ def add_model_args(parser: argparse.ArgumentParser, save_dir: str, generation: b
                         help="chat format: tulu (default), llama2, xwin, zephyr, tokenizer (the tokenizer's own "
                              "chat template), or a dotted path module.function, e.g. "
                              "eval.templates.create_prompt_with_tulu_chat_format")
-    if generation:
+    if max_new_tokens is not None:
         parser.add_argument("--use_vllm", action="store_true",
                             help="generate with vLLM (GPU; needs `pip install vllm`) instead of HF generate")
+        parser.add_argument("--max_new_tokens", type=int, default=max_new_tokens,
+                            help=f"generation budget per answer (default {max_new_tokens}, as open-instruct)")
 
 
 def check_model_args(args: argparse.Namespace) -> None:

@@ -100,7 +100,7 @@ def main(args: argparse.Namespace) -> dict:
     per_task: dict[str, tuple[list[str], list[str]]] = {}
     for task, examples in tqdm(tasks.items(), desc="tasks"):
         prompts = [build_prompt(task_prompts[task], ex["input"], formatter) for ex in examples]
-        outputs = [o[0] for o in backend.generate(prompts, MAX_NEW_TOKENS,
+        outputs = [o[0] for o in backend.generate(prompts, args.max_new_tokens,
                                                   stop=None if args.use_chat_format else ["\n\n"],
                                                   batch_size=args.eval_batch_size)]
         predictions = [extract_bbh_answer(o) for o in outputs]
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_cot", action="store_true", help="direct-answer demonstrations (no chain of thought)")
     parser.add_argument("--max_num_examples_per_task", type=int, default=None,
                         help="evaluate a random subset (seed 42) of at most this many examples per task")
-    add_model_args(parser, save_dir="results/bbh")
+    add_model_args(parser, save_dir="results/bbh", max_new_tokens=MAX_NEW_TOKENS)
     return parser
 
 

@@ -80,7 +80,7 @@ def main(args: argparse.Namespace) -> dict:
             raise EvalError(str(err)) from None
     prompts = [build_prompt(problem, formatter) for problem in problems]
     logger.info("sampling %d completions for each of %d problems", args.unbiased_sampling_size_n, len(prompts))
-    outputs = backend.generate(prompts, MAX_NEW_TOKENS, temperature=args.temperature, top_p=TOP_P,
+    outputs = backend.generate(prompts, args.max_new_tokens, temperature=args.temperature, top_p=TOP_P,
                                n=args.unbiased_sampling_size_n, stop=STOP_SEQUENCES, batch_size=args.eval_batch_size)
     samples = [{"task_id": problem["task_id"], "prompt": problem["prompt"], "completion": completion}
                for problem, completions in zip(problems, outputs) for completion in completions]
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds each program may run")
     parser.add_argument("--n_workers", type=int, default=default_workers(), help="programs executed in parallel")
     add_execution_args(parser)
-    add_model_args(parser, save_dir="results/codex_humaneval")
+    add_model_args(parser, save_dir="results/codex_humaneval", max_new_tokens=MAX_NEW_TOKENS)
     return parser
 
 

@@ -127,7 +127,7 @@ def main(args: argparse.Namespace) -> dict:
     formatter = resolve_chat_formatter(args.chat_formatting_function, backend.tokenizer) \
         if args.use_chat_format else None
     prompts = [build_prompt(prefix, ex["question"], formatter) for ex in test_data]
-    outputs = [o[0] for o in backend.generate(prompts, MAX_NEW_TOKENS, stop=None if args.use_chat_format else ["\n"],
+    outputs = [o[0] for o in backend.generate(prompts, args.max_new_tokens, stop=None if args.use_chat_format else ["\n"],
                                               batch_size=args.eval_batch_size)]
     predictions = [extract_last_number(o) for o in outputs]
     metrics = {"exact_match": exact_match(predictions, [ex["answer"] for ex in test_data])}
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluate a random subset (seed 42) of at most this many questions")
     parser.add_argument("--n_shot", type=int, default=8, help="number of demonstrations (at most 8)")
     parser.add_argument("--no_cot", action="store_true", help="demonstrations give only the final number")
-    add_model_args(parser, save_dir="results/gsm")
+    add_model_args(parser, save_dir="results/gsm", max_new_tokens=MAX_NEW_TOKENS)
     return parser
 
 

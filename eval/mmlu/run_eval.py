@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --use_chat_format, text after the assistant header: 'prolora' = \"The answer is "
                              "\" (the PRoLoRA paper's eval, the default), 'open_instruct' = \"The answer is:\" "
                              "(upstream open-instruct)")
-    add_model_args(parser, save_dir="results/mmlu", generation=False)
+    add_model_args(parser, save_dir="results/mmlu")
     return parser
 
 

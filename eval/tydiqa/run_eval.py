@@ -145,7 +145,7 @@ def main(args: argparse.Namespace) -> dict:
     formatter = resolve_chat_formatter(args.chat_formatting_function, backend.tokenizer) \
         if args.use_chat_format else None
     prompts = [build_prompt(ex, demos[ex["lang"]], args.no_context, formatter) for ex in test_data]
-    outputs = [o[0].strip() for o in backend.generate(prompts, MAX_NEW_TOKENS,
+    outputs = [o[0].strip() for o in backend.generate(prompts, args.max_new_tokens,
                                                       stop=None if args.use_chat_format else ["\n"],
                                                       batch_size=args.eval_batch_size)]
 
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_context", action="store_true", help="closed-book: no passage in the prompt")
     parser.add_argument("--max_context_length", type=int, default=512,
                         help="cut passages to this many tokens (0 = no cut)")
-    add_model_args(parser, save_dir="results/tydiqa")
+    add_model_args(parser, save_dir="results/tydiqa", max_new_tokens=MAX_NEW_TOKENS)
     return parser
 
 

@@ -19,17 +19,16 @@ from eval_helpers import FIXTURES, smollm2_tokenizer, tiny_model_dir  # noqa: F4
 
 
 @pytest.fixture(autouse=True)
-def _short_generations(monkeypatch):
-    """The random model never emits eos; cap generation so end-to-end runs stay fast."""
+def _one_thread():
     torch.set_num_threads(1)
-    for module in (gsm, bbh, tydiqa):
-        monkeypatch.setattr(module, "MAX_NEW_TOKENS", 6)
 
 
 def run(module, tmp_path, model_dir, *extra):
     save_dir = tmp_path / "out"
     args = ["--data_dir", str(FIXTURES / module.__name__.split(".")[1]), "--save_dir", str(save_dir),
             "--model_name_or_path", str(model_dir), "--eval_batch_size", "2", *extra]
+    if module is not mmlu:  # the random model never emits eos: cap generation so end-to-end runs stay fast
+        args += ["--max_new_tokens", "6"]
     cli_main(module.main, module.build_parser(), args)
     return save_dir, json.loads((save_dir / "metrics.json").read_text())
 
@@ -185,3 +184,17 @@ def test_gsm_bad_line_names_file_and_line(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(gsm.main, gsm.build_parser(), ["--data_dir", str(tmp_path), "--model_name_or_path", "x"])
     assert "test.jsonl:2:" in exit_info.value.code
+
+
+def test_generation_budget_flag():
+    """Generation evals take --max_new_tokens (default: open-instruct's budget); MMLU scores, so it has none."""
+    from eval.bbh.run_eval import build_parser as bbh
+    from eval.codex_humaneval.run_eval import build_parser as codex
+    from eval.gsm.run_eval import build_parser as gsm
+    from eval.mmlu.run_eval import build_parser as mmlu
+    from eval.tydiqa.run_eval import build_parser as tydiqa
+
+    assert gsm().parse_args([]).max_new_tokens == 512 and bbh().parse_args([]).max_new_tokens == 512
+    assert tydiqa().parse_args([]).max_new_tokens == 50 and codex().parse_args([]).max_new_tokens == 512
+    assert gsm().parse_args(["--max_new_tokens", "16"]).max_new_tokens == 16
+    assert not hasattr(mmlu().parse_args([]), "max_new_tokens")
