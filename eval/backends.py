@@ -42,13 +42,15 @@ def read_adapter_config(adapter_name_or_path: str) -> dict:
 
 
 def _register_adapter_type(adapter_config: dict, adapter_name_or_path: str) -> None:
-    """PEFT knows LoRA; the PRoLoRA type exists once ``open_instruct.prolora`` has been imported."""
+    """PEFT knows LoRA and VeRA; our out-of-tree types exist once their method package has been imported."""
     peft_type = str(adapter_config.get("peft_type", "")).upper()
     if peft_type == "PROLORA":
         import open_instruct.prolora  # noqa: F401  (registers the PEFT type)
-    elif peft_type != "LORA":
+    elif peft_type == "TIED_LORA":
+        import open_instruct.tied_lora  # noqa: F401  (registers the PEFT type)
+    elif peft_type not in ("LORA", "VERA"):
         raise EvalError(f"adapter {adapter_name_or_path!r} has peft_type {adapter_config.get('peft_type')!r}; "
-                        "expected LORA or PROLORA")
+                        "expected LORA, PROLORA, VERA or TIED_LORA")
 
 
 def _resolve_paths(model_name_or_path: str | None, tokenizer_name_or_path: str | None,
