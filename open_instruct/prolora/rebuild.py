@@ -46,7 +46,6 @@ giving a ``sqrt(m)`` times larger bound. ``B0`` and ``B_u`` start at zero, so th
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -62,23 +61,32 @@ def default_stride(shared_r: int, copies: int) -> int:
     return max(shared_r // copies, 1)
 
 
-@functools.lru_cache(maxsize=256)
-def _rotation_index_cpu(shared_r: int, copies: int, stride: int) -> torch.Tensor:
-    ranks = torch.arange(shared_r)
-    offsets = torch.arange(copies).unsqueeze(1) * stride
-    return (ranks + offsets) % shared_r  # (copies, r'): index[k, i] = (i + k*stride) mod r'
+def _gather_index_cpu(kind: str, shared_r: int, width: int, features: int, copies: int, stride: int) -> torch.Tensor:
+    """Flat index into the chunk's storage that yields the whole shared block in one gather.
+
+    ``kind == "A"``: chunk ``A0 (r', c_A)``, result ``(r', d_in)`` with ``[i, x] = A0[(i + k*s) mod r', x - k*c_A]``.
+    ``kind == "B"``: chunk ``B0 (c_B, r')``, result ``(d_out, r')`` with ``[o, i] = B0[o - k*c_B, (i + k*s) mod r']``.
+    (``k`` is the copy that column ``x`` / row ``o`` falls in.)
+    """
+    pos = torch.arange(features)
+    k, j = pos // width, pos % width  # copy index and offset inside the copy
+    rank = (torch.arange(shared_r).unsqueeze(1 if kind == "A" else 0) + (k * stride).unsqueeze(0 if kind == "A" else 1))
+    rank = rank % shared_r  # A: (r', d_in); B: (d_out, r')
+    if kind == "A":
+        return (rank * width + j.unsqueeze(0)).reshape(-1)
+    return (j.unsqueeze(1) * shared_r + rank).reshape(-1)
 
 
-_DEVICE_INDEX_CACHE: dict[tuple[int, int, int, torch.device], torch.Tensor] = {}
+_INDEX_CACHE: dict[tuple, torch.Tensor] = {}
 
 
-def rotation_index(shared_r: int, copies: int, stride: int, device: torch.device) -> torch.Tensor:
-    """``(copies, r')`` long tensor with ``index[k, i] = (i + k*stride) mod r'``; built once per shape and device."""
-    key = (shared_r, copies, stride, torch.device(device))
-    index = _DEVICE_INDEX_CACHE.get(key)
+def gather_index(kind: str, shared_r: int, width: int, features: int, copies: int, stride: int,
+                 device: torch.device) -> torch.Tensor:
+    """Cached `_gather_index_cpu` on ``device``: built once per geometry and device, never per step."""
+    key = (kind, shared_r, width, features, copies, stride, device)
+    index = _INDEX_CACHE.get(key)
     if index is None:
-        index = _rotation_index_cpu(shared_r, copies, stride).to(device)
-        _DEVICE_INDEX_CACHE[key] = index
+        index = _INDEX_CACHE[key] = _gather_index_cpu(kind, shared_r, width, features, copies, stride).to(device)
     return index
 
 
@@ -90,9 +98,8 @@ def rebuild_A(A0: torch.Tensor | None, A_u: torch.Tensor | None, in_features: in
     parts = []
     if A0 is not None:
         shared_r, width = A0.shape
-        index = rotation_index(shared_r, copies, stride, A0.device)
-        blocks = A0[index]  # (copies, r', c_A): block k holds A0 rolled up by k*stride
-        parts.append(blocks.transpose(0, 1).reshape(shared_r, copies * width)[:, :in_features])
+        index = gather_index("A", shared_r, width, in_features, copies, stride, A0.device)
+        parts.append(A0.reshape(-1).index_select(0, index).view(shared_r, in_features))
     if A_u is not None:
         parts.append(A_u)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
@@ -103,12 +110,37 @@ def rebuild_B(B0: torch.Tensor | None, B_u: torch.Tensor | None, out_features: i
     parts = []
     if B0 is not None:
         width, shared_r = B0.shape
-        index = rotation_index(shared_r, copies, stride, B0.device)
-        blocks = B0[:, index]  # (c_B, copies, r'): block k holds B0's columns rolled by k*stride
-        parts.append(blocks.transpose(0, 1).reshape(copies * width, shared_r)[:out_features])
+        index = gather_index("B", shared_r, width, out_features, copies, stride, B0.device)
+        parts.append(B0.reshape(-1).index_select(0, index).view(out_features, shared_r))
     if B_u is not None:
         parts.append(B_u)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def fold_A_grad(dA: torch.Tensor, A0: torch.Tensor | None, A_u: torch.Tensor | None, copies: int, stride: int):
+    """Map a gradient w.r.t. the full ``A`` ``(r, d_in)`` back onto ``(A0, A_u)`` (the adjoint of `rebuild_A`)."""
+    shared_r = 0 if A0 is None else A0.shape[0]
+    dA0 = dA_u = None
+    if A0 is not None:
+        index = gather_index("A", shared_r, A0.shape[1], dA.shape[1], copies, stride, A0.device)
+        flat = torch.zeros(A0.numel(), dtype=dA.dtype, device=dA.device)
+        dA0 = flat.index_add_(0, index, dA[:shared_r].reshape(-1)).view_as(A0)
+    if A_u is not None:
+        dA_u = dA[shared_r:]
+    return dA0, dA_u
+
+
+def fold_B_grad(dB: torch.Tensor, B0: torch.Tensor | None, B_u: torch.Tensor | None, copies: int, stride: int):
+    """Map a gradient w.r.t. the full ``B`` ``(d_out, r)`` back onto ``(B0, B_u)`` (the adjoint of `rebuild_B`)."""
+    shared_r = 0 if B0 is None else B0.shape[1]
+    dB0 = dB_u = None
+    if B0 is not None:
+        index = gather_index("B", shared_r, B0.shape[0], dB.shape[0], copies, stride, B0.device)
+        flat = torch.zeros(B0.numel(), dtype=dB.dtype, device=dB.device)
+        dB0 = flat.index_add_(0, index, dB[:, :shared_r].contiguous().reshape(-1)).view_as(B0)
+    if B_u is not None:
+        dB_u = dB[:, shared_r:]
+    return dB0, dB_u
 
 
 def init_A_(tensor: torch.Tensor, in_features: int, rectified: bool = True) -> torch.Tensor:
@@ -134,7 +166,7 @@ class _ProLoraDelta(torch.autograd.Function):
 
     A plain autograd graph would also keep the rebuilt ``A`` (r, d_in) and ``B`` (d_out, r) alive from forward to
     backward — memory LoRA does not need, since its A and B are the parameters themselves. Here backward rebuilds
-    them from the chunks (a cheap gather) and maps their gradients back onto the chunks with one small VJP, so
+    them from the chunks (a cheap gather) and folds their gradients back onto the chunks (an index_add), so
     PRoLoRA's activation memory equals LoRA's and its gradient memory is that of the compact chunks.
     """
 
@@ -154,23 +186,19 @@ class _ProLoraDelta(torch.autograd.Function):
         x, h, A0, A_u, B0, B_u = ctx.saved_tensors
         in_features, out_features, m, n, s_A, s_B = ctx.geometry
         device_type, autocast_on, autocast_dtype = ctx.autocast
-        chunks = [A0, A_u, B0, B_u]
-        leaves = [c.detach().requires_grad_(True) if c is not None else None for c in chunks]
-        with torch.enable_grad():
-            A = rebuild_A(leaves[0], leaves[1], in_features, m, s_A)
-            B = rebuild_B(leaves[2], leaves[3], out_features, n, s_B)
+        A = rebuild_A(A0, A_u, in_features, m, s_A)
+        B = rebuild_B(B0, B_u, out_features, n, s_B)
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
             dy = dy * ctx.scale
-            dh = dy @ B.detach()  # (..., r)
-            dx = dh @ A.detach() if ctx.needs_input_grad[0] else None
+            dh = dy @ B  # (..., r)
+            dx = dh @ A if ctx.needs_input_grad[0] else None
             dB = dy.reshape(-1, dy.shape[-1]).t() @ h.reshape(-1, h.shape[-1])  # (d_out, r)
             dA = dh.reshape(-1, dh.shape[-1]).t() @ x.reshape(-1, x.shape[-1])  # (r, d_in)
-        wanted = [leaf for leaf in leaves if leaf is not None]
-        grads = iter(torch.autograd.grad((A, B), wanted, (dA.to(A.dtype), dB.to(B.dtype))))
-        chunk_grads = [next(grads) if leaf is not None else None for leaf in leaves]
+        dA0, dA_u = fold_A_grad(dA.to(A.dtype), A0, A_u, m, s_A)
+        dB0, dB_u = fold_B_grad(dB.to(B.dtype), B0, B_u, n, s_B)
         if dx is not None:
             dx = dx.to(x.dtype)
-        return (dx, None, None, *chunk_grads)
+        return dx, None, None, dA0, dA_u, dB0, dB_u
 
 
 def prolora_delta(x, A0, A_u, B0, B_u, geometry: tuple[int, int, int, int, int, int], scale: float) -> torch.Tensor:
