@@ -1,4 +1,4 @@
-"""Atomic writes: a reader (or a resumed run) never sees a half-written file or folder.
+"""Atomic writes (a reader or a resumed run never sees a half-written file or folder), and a jsonl reader.
 
 Every output of the harness (metrics.json, predictions, adapters, checkpoints, processed data) goes through
 these helpers: write into a temporary sibling, flush + fsync, then `os.replace` onto the final name.
@@ -85,3 +85,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def iter_jsonl(path: str | os.PathLike, error: type[Exception] = ValueError) -> Iterator[tuple[str, Any]]:
+    """Yield ``("path:line", object)`` for each non-blank line of a jsonl file; bad JSON raises ``error`` naming the line."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise error(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None

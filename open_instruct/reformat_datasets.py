@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterable, Iterator
 from tqdm import tqdm
 
 from open_instruct.instruction_encode_templates import encode_few_shot_example, encode_instruction_example
+from open_instruct import io_utils
 from open_instruct.io_utils import atomic_open
 from open_instruct.validate_data import DataValidationError, validate_record
 
@@ -81,15 +82,7 @@ def _require_file(path: Path) -> Path:
 
 def iter_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
     """Yield ``("file:line", object)`` for each non-blank line of a jsonl file."""
-    with open(_require_file(path), encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RawDataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    yield from io_utils.iter_jsonl(_require_file(path), error=RawDataError)
 
 
 def iter_json_array(path: Path, chunk_chars: int = 1 << 20,

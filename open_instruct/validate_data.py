@@ -30,6 +30,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
+from open_instruct.io_utils import iter_jsonl
+
 ROLES = ("system", "user", "assistant")
 UNTRUNCATED = 1 << 30  # a max_seq_length that never truncates, to measure full lengths
 
@@ -86,15 +88,7 @@ def validate_record(record: dict, where: str) -> None:
 
 def _parse_lines(path: str | Path) -> Iterator[tuple[str, dict]]:
     """Yield ``("path:line", record)`` for each non-blank line; invalid JSON raises naming the line."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                yield where, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataValidationError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    return iter_jsonl(path, error=DataValidationError)
 
 
 def iter_validated_jsonl(path: str | Path) -> Iterator[dict]:
