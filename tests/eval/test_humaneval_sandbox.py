@@ -147,8 +147,10 @@ def test_hostile_completions_cannot_harm_or_interfere(problems, tmp_path, full_s
     assert "MemoryError" in verdicts["memory_hog"] or verdicts["memory_hog"] == "timed out"  # 2 GiB cap or clock
     assert "File too large" in verdicts["file_size_hog"]  # Python ignores SIGXFSZ: the write fails
     assert "PermissionError" in verdicts["delete_canary_guarded"]
-    assert "PermissionError" in verdicts["delete_repo_canary"]
-    assert "PermissionError" in verdicts["write_repo"]
+    # The repository is either not writable by the sandbox user (PermissionError) or, when it lies under /tmp as in a
+    # CI clone, hidden behind the sandbox's private /tmp (FileNotFoundError); either way the canary below survives.
+    for name in ("delete_repo_canary", "write_repo"):
+        assert "PermissionError" in verdicts[name] or "FileNotFoundError" in verdicts[name], verdicts[name]
     assert "socket.create_connection is disabled" in verdicts["socket_guarded"]
     assert canary.read_text() == "alive"
     assert repo_canary_alive
