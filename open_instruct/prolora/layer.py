@@ -86,8 +86,12 @@ class ProLoraLayer(BaseTunerLayer):
             if adapter_name in getattr(self, name):
                 init_B_(getattr(self, name)[adapter_name])
 
+    def _chunks(self, adapter_name: str) -> tuple[Optional[nn.Parameter], ...]:
+        """``(A0, B0, A_u, B_u)`` of ``adapter_name``; ``None`` where a part has size zero."""
+        return tuple(getattr(self, name).get(adapter_name) for name in self.adapter_layer_names)
+
     def _adapter_params(self, adapter_name: str) -> list[nn.Parameter]:
-        return [getattr(self, name)[adapter_name] for name in self.adapter_layer_names if adapter_name in getattr(self, name)]
+        return [p for p in self._chunks(adapter_name) if p is not None]
 
     def has_adapter(self, adapter_name: str) -> bool:
         return adapter_name in self.r
@@ -95,13 +99,8 @@ class ProLoraLayer(BaseTunerLayer):
     def rebuild(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The full ``A`` ``(r, d_in)`` and ``B`` ``(d_out, r)`` of ``adapter_name``, differentiable w.r.t. the chunks."""
         (m, n), (s_A, s_B) = self.copies[adapter_name], self.strides[adapter_name]
-        A = rebuild_A(
-            self.prolora_A.get(adapter_name), self.prolora_A_unshared.get(adapter_name), self.in_features, m, s_A
-        )
-        B = rebuild_B(
-            self.prolora_B.get(adapter_name), self.prolora_B_unshared.get(adapter_name), self.out_features, n, s_B
-        )
-        return A, B
+        A0, B0, A_u, B_u = self._chunks(adapter_name)
+        return rebuild_A(A0, A_u, self.in_features, m, s_A), rebuild_B(B0, B_u, self.out_features, n, s_B)
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
         """``(alpha / r) B A`` as a ``(d_out, d_in)`` tensor in the adapter's dtype (fp32 math for half types on CPU)."""
@@ -166,17 +165,16 @@ class Linear(nn.Module, ProLoraLayer):
         for name in self.active_adapters:
             if not self.has_adapter(name):
                 continue
-            chunks = [getattr(self, attr).get(name) for attr in self.adapter_layer_names]  # A0, B0, A_u, B_u
-            dtype = next(c for c in chunks if c is not None).dtype
+            params = self._adapter_params(name)
             # Cast explicitly (the authors' code crashed here with autocast off); autocast still wins when on.
-            h = self.prolora_dropout[name](self._cast_input_dtype(x, dtype))
-            if any(hasattr(c, "ds_id") for c in chunks if c is not None):
+            h = self.prolora_dropout[name](self._cast_input_dtype(x, params[0].dtype))
+            if any(hasattr(p, "ds_id") for p in params):
                 # DeepSpeed ZeRO-3 frees partitioned parameters after forward; plain autograd never needs the
                 # chunks' values in backward (only the rebuilt A and B), so use it there.
                 A, B = self.rebuild(name)
                 delta = F.linear(F.linear(h, A), B) * self.scaling[name]
             else:
-                A0, B0, A_u, B_u = chunks
+                A0, B0, A_u, B_u = self._chunks(name)
                 (m, n), (s_A, s_B) = self.copies[name], self.strides[name]
                 geometry = (self.in_features, self.out_features, m, n, s_A, s_B)
                 delta = prolora_delta(h, A0, A_u, B0, B_u, geometry, self.scaling[name])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _get_in_out_features
@@ -56,12 +55,3 @@ class ProLoraModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # a newly added, inactive adapter is not trained
         self._replace_module(parent, target_name, new_module, target)
-
-    @torch.no_grad()
-    def materialize_lora_weights(self, adapter_name: str = "default") -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """``{module name: (A (r, d_in), B (d_out, r))}`` — the exact vanilla-LoRA factors of ``adapter_name``."""
-        out = {}
-        for name, module in self.model.named_modules():
-            if isinstance(module, ProLoraLayer) and module.has_adapter(adapter_name):
-                out[name] = tuple(t.detach().clone() for t in module.rebuild(adapter_name))
-        return out
