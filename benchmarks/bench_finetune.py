@@ -36,7 +36,7 @@ from transformers import AutoModelForCausalLM  # noqa: E402
 
 from open_instruct.offline_assets import smollm2_path  # noqa: E402
 from open_instruct.peft_methods import LLAMA_PROJECTIONS  # noqa: E402
-from open_instruct.prolora import ProLoraConfig  # noqa: E402
+from prolora import ProLoraConfig  # noqa: E402
 
 METHODS = ("lora", "prolora")
 

@@ -27,7 +27,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-import open_instruct.prolora as P
+import prolora as P
 
 SHAPES = {  # name: (hidden, intermediate, kv_dim, tokens)
     "smollm2-135m": (576, 1536, 192, 4096),

@@ -5,7 +5,7 @@ Two backends with one ``generate`` signature:
 * :class:`HFBackend` — transformers ``generate`` on left-padded batches (CPU or GPU, optional 8-bit), plus
   :meth:`HFBackend.score_choices` for multiple-choice evals (next-token log-probabilities of candidates).
 * :class:`VLLMBackend` — ``vllm.LLM`` for fast GPU generation. vLLM only serves vanilla LoRA tensors, so a
-  PRoLoRA adapter is first expanded to an equivalent LoRA adapter with ``open_instruct.prolora.export_as_lora``.
+  PRoLoRA adapter is first expanded to an equivalent LoRA adapter with ``prolora.export_as_lora``.
 
 A model is a merged checkpoint, a base model plus a PEFT adapter folder (LoRA or PRoLoRA; its
 ``adapter_config.json`` says which), or a hub name. Completions are returned without the prompt and cut at the
@@ -45,7 +45,7 @@ def _register_adapter_type(adapter_config: dict, adapter_name_or_path: str) -> N
     """PEFT knows LoRA and VeRA; our out-of-tree types exist once their method package has been imported."""
     peft_type = str(adapter_config.get("peft_type", "")).upper()
     if peft_type == "PROLORA":
-        import open_instruct.prolora  # noqa: F401  (registers the PEFT type)
+        import prolora  # noqa: F401  (registers the PEFT type)
     elif peft_type == "TIED_LORA":
         import open_instruct.tied_lora  # noqa: F401  (registers the PEFT type)
     elif peft_type not in ("LORA", "VERA"):
@@ -268,7 +268,7 @@ class VLLMBackend:
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        from open_instruct.prolora import export_as_lora
+        from prolora import export_as_lora
 
         logger.info("exporting PRoLoRA adapter %s as a vanilla LoRA adapter for vLLM", adapter_name_or_path)
         base = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype="auto")

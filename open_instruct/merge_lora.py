@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.initialization import no_init_weights
 
-import open_instruct.prolora  # noqa: F401  (registers the PROLORA PEFT type so its adapters load)
+import prolora  # noqa: F401  (registers the PROLORA PEFT type so its adapters load)
 import open_instruct.tied_lora  # noqa: F401  (registers the TIED_LORA PEFT type)
 from open_instruct.io_utils import atomic_dir
 

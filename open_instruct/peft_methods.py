@@ -14,7 +14,7 @@ from typing import Callable
 
 from peft import LoraConfig, PeftConfig, VeraConfig
 
-from open_instruct.prolora import ProLoraConfig  # importing registers the PROLORA PEFT type
+from prolora import ProLoraConfig  # importing registers the PROLORA PEFT type
 from open_instruct.tied_lora import TiedLoraConfig  # importing registers the TIED_LORA PEFT type
 
 LLAMA_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -38,7 +38,7 @@ from open_instruct import finetune, merge_lora, offline_data  # noqa: E402
 from open_instruct.io_utils import write_json  # noqa: E402
 from open_instruct.offline_assets import smollm2_path  # noqa: E402
 from open_instruct.peft_methods import LLAMA_PROJECTIONS  # noqa: E402
-from open_instruct.prolora.params import count_adapter_params  # noqa: E402
+from prolora.params import count_adapter_params  # noqa: E402
 
 logger = logging.getLogger("demo")
 PROLORA = {"lora_rank": 8, "unshared_r": 1, "reduce_lora_A_x": 2, "reduce_lora_B_x": 2}

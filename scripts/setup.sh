@@ -14,5 +14,5 @@ quiet pip install -q --upgrade pip wheel setuptools
 quiet pip install -q -r requirements.txt
 # DeepSpeed ships as an sdist: build it against the torch installed above (no isolated build env, no CUDA ops).
 python -c "import deepspeed" >/dev/null 2>&1 || DS_BUILD_OPS=0 quiet pip install -q --no-build-isolation deepspeed==0.19.8
-quiet pip install -q --no-deps --no-build-isolation -e .
+quiet pip install -q --no-deps --no-build-isolation -e ./prolora -e .
 python -m open_instruct.offline_assets --model --data

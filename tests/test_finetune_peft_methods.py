@@ -74,12 +74,12 @@ def test_method_trains_and_prolora_merges(assets, tmp_path, method, extra, merge
     assert results["peft_method"] == method and results["peft_config"]["r"] == 4
     assert 0 < results["trainable_params"] < results["total_params"]
     if method == "prolora":
-        from open_instruct.prolora import count_adapter_params
+        from prolora import count_adapter_params
 
         # The compact chunks are what gets saved: as many numbers as the trainable parameters.
         assert sum(t.numel() for t in load_adapter_tensors(out).values()) == results["trainable_params"]
         base = AutoModelForCausalLM.from_pretrained(assets["model"])
-        from open_instruct.prolora import ProLoraConfig
+        from prolora import ProLoraConfig
 
         config = ProLoraConfig(r=4, target_modules=LLAMA_PROJECTIONS, unshared_r=1, reduce_lora_A_x=2,
                                reduce_lora_B_x=2)

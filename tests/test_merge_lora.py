@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM
 from finetune_helpers import byte_tokenizer, make_tiny_checkpoint
 from open_instruct.merge_lora import load_dequantized_base, main as merge_main
 from open_instruct.peft_methods import LLAMA_PROJECTIONS
-from open_instruct.prolora import ProLoraConfig
+from prolora import ProLoraConfig
 
 INPUT_IDS = torch.tensor([[256, 60, 124, 117, 115, 101, 114, 124, 62, 10, 104, 105, 257]])
 

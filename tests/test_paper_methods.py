@@ -6,7 +6,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, VeraConfig, get_peft_model
 
-from open_instruct.prolora import ProLoraConfig
+from prolora import ProLoraConfig
 from open_instruct.tied_lora import TiedLoraConfig
 
 torch.set_num_threads(1)

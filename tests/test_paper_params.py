@@ -12,7 +12,7 @@ from peft import LoraConfig, VeraConfig, get_peft_model
 
 from open_instruct.paper.params import (BUILTIN_MODELS, LLAMA_PROJECTIONS, MethodSpec, ModelDims, count_params,
                                         params_table, parse_method_spec, resolve_model_dims)
-from open_instruct.prolora import ProLoraConfig
+from prolora import ProLoraConfig
 from open_instruct.tied_lora import TiedLoraConfig
 
 torch.set_num_threads(1)

@@ -13,8 +13,8 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
-import open_instruct.prolora as P
-from open_instruct.prolora.rebuild import chunk_width
+import prolora as P
+from prolora.rebuild import chunk_width
 
 ATTN_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -299,7 +299,7 @@ def test_export_cli(tiny_llama, trained_pair, tmp_path):
     base_dir = tmp_path / "base"
     tiny_llama(hidden_size=72, intermediate_size=98).save_pretrained(base_dir)
     subprocess.run(
-        [sys.executable, "-m", "open_instruct.prolora.export", "--base_model_name_or_path", str(base_dir),
+        [sys.executable, "-m", "prolora.export", "--base_model_name_or_path", str(base_dir),
          "--adapter_dir", str(path), "--output_dir", str(tmp_path / "cli_lora")],
         check=True, capture_output=True,
     )
@@ -441,7 +441,7 @@ def test_all_linear_and_regex_targets(tiny_llama):
 @pytest.mark.parametrize("u,autocast", [(1, False), (0, False), (8, False), (2, True)])
 def test_memory_lean_delta_matches_plain_autograd(u, autocast):
     """`prolora_delta` (rebuilds A/B again in backward) = plain autograd through the rebuild, values and grads."""
-    from open_instruct.prolora.rebuild import prolora_delta
+    from prolora.rebuild import prolora_delta
 
     torch.manual_seed(0)
     d_in, d_out, r, m, n = 72, 98, 8, 5, 3

@@ -41,7 +41,7 @@ def test_prolora_trains_and_saves_under_zero3(tmp_path, tiny_llama):
     # The saved adapter reloads outside DeepSpeed and is trained (B no longer zero).
     from peft import PeftModel
 
-    import open_instruct.prolora  # noqa: F401
+    import prolora  # noqa: F401
 
     model = PeftModel.from_pretrained(tiny_llama(hidden_size=72, intermediate_size=98), tmp_path / "adapter")
     B = model.base_model.model.model.layers[0].self_attn.q_proj.prolora_B["default"]

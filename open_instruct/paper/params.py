@@ -3,7 +3,7 @@
 Each method's count is a sum over the adapted projections of a decoder with L layers:
 
 * LoRA      ``L * sum r (d_in + d_out)``
-* PRoLoRA   ``L * sum (r-u) ceil(d_in/m) + (r-u) ceil(d_out/n) + u (d_in + d_out)``  (`open_instruct.prolora.params`)
+* PRoLoRA   ``L * sum (r-u) ceil(d_in/m) + (r-u) ceil(d_out/n) + u (d_in + d_out)``  (`prolora.params`)
 * VeRA      ``L * sum (d_out + r)``: PEFT's trainable lambda_b (d_out) and lambda_d (r); its random A/B are frozen
 * Tied-LoRA ``sum over projection types of r (d_in + d_out)`` (one shared A, B each) ``+ L * sum (r + d_out)``
             (per-layer u, v), all four factors trained (the paper's vBuA)
@@ -19,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from open_instruct.prolora.params import lora_layer_params, prolora_layer_params
+from prolora.params import lora_layer_params, prolora_layer_params
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 METHODS = ("lora", "prolora", "vera", "tied_lora")

@@ -104,7 +104,7 @@ def test_lora_adapter_loading_matches_merged_model(tiny_model_dir, tmp_path):
 
 
 def test_prolora_adapter_loading_matches_merged_model(tiny_model_dir, tmp_path):
-    prolora = pytest.importorskip("open_instruct.prolora")
+    prolora = pytest.importorskip("prolora")
     from peft import get_peft_model
 
     config = prolora.ProLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"], unshared_r=1,
@@ -212,7 +212,7 @@ def _fake_vllm(monkeypatch):
 
 
 def test_vllm_backend_serves_prolora_as_exported_lora(monkeypatch, tiny_model_dir, tmp_path):
-    prolora = pytest.importorskip("open_instruct.prolora")
+    prolora = pytest.importorskip("prolora")
     from peft import get_peft_model
 
     from eval.backends import VLLMBackend

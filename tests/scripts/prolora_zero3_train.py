@@ -10,7 +10,7 @@ from peft import get_peft_model
 sys.path.insert(0, sys.argv[2])
 from conftest import make_tiny_llama  # noqa: E402
 
-import open_instruct.prolora as P  # noqa: E402
+import prolora as P  # noqa: E402
 
 out = sys.argv[1]
 accelerator = Accelerator()

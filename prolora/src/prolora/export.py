@@ -7,7 +7,7 @@ the bridge to serving many adapters. (PEFT's own ``convert_to_lora`` goes throug
 
 CLI::
 
-    python -m open_instruct.prolora.export --base_model_name_or_path B --adapter_dir D --output_dir O
+    python -m prolora.export --base_model_name_or_path B --adapter_dir D --output_dir O
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from peft.utils import get_peft_model_state_dict
 from safetensors.torch import save_file
 from torch import nn
 
-from open_instruct.prolora.layer import ProLoraLayer
+from prolora.layer import ProLoraLayer
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    import open_instruct.prolora  # noqa: F401  (registers the PEFT type)
+    import prolora  # noqa: F401  (registers the PEFT type)
 
     adapter_config = Path(args.adapter_dir) / "adapter_config.json"
     if not adapter_config.exists():

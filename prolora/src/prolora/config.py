@@ -8,7 +8,7 @@ from typing import Optional, Union
 
 from peft.config import PeftConfig
 
-from open_instruct.prolora.rebuild import default_stride
+from prolora.rebuild import default_stride
 
 
 class ProLoraPeftType(str, enum.Enum):
@@ -19,7 +19,7 @@ class ProLoraPeftType(str, enum.Enum):
 
 @dataclass
 class ProLoraConfig(PeftConfig):
-    """Configuration of a PRoLoRA adapter (see `open_instruct.prolora.rebuild` for the math).
+    """Configuration of a PRoLoRA adapter (see `prolora.rebuild` for the math).
 
     ``r`` is the full rank of the rebuilt A/B, of which ``unshared_r`` ranks are ordinary LoRA ranks and the other
     ``r - unshared_r`` come from the shared chunks broadcast ``reduce_lora_A_x`` / ``reduce_lora_B_x`` times.

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from open_instruct.prolora.rebuild import chunk_width
+from prolora.rebuild import chunk_width
 
 
 def lora_layer_params(d_in: int, d_out: int, r: int) -> int:
@@ -27,9 +27,11 @@ def prolora_layer_params(d_in: int, d_out: int, r: int, unshared_r: int = 0, m: 
 
 def target_linear_dims(model: nn.Module, config) -> dict[str, tuple[int, int]]:
     """``{module name: (d_in, d_out)}`` of the linear modules of ``model`` that ``config`` would adapt."""
-    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers, check_target_module_exists
+    from peft.tuners.tuners_utils import check_target_module_exists
 
-    config = _maybe_include_all_linear_layers(config, model)
+    from prolora.peft_compat import include_all_linear_layers
+
+    config = include_all_linear_layers(config, model)
     return {
         name: (module.in_features, module.out_features)
         for name, module in model.named_modules()

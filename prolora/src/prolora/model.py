@@ -7,8 +7,8 @@ from torch import nn
 from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _get_in_out_features
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, resolve_quantization_backend
 
-from open_instruct.prolora.config import ProLoraConfig
-from open_instruct.prolora.layer import Linear, ProLoraLayer
+from prolora.config import ProLoraConfig
+from prolora.layer import Linear, ProLoraLayer
 
 
 def _is_supported(module: nn.Module) -> bool:
@@ -23,7 +23,7 @@ class ProLoraModel(BaseTuner):
 
     Example::
 
-        import open_instruct.prolora  # registers the PEFT type
+        import prolora  # registers the PEFT type
         from peft import get_peft_model
         model = get_peft_model(model, ProLoraConfig(r=8, unshared_r=1, reduce_lora_A_x=2, reduce_lora_B_x=2,
                                                     target_modules=["q_proj", "v_proj"]))

@@ -13,8 +13,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check
 from peft.utils import resolve_quantization_backend
 from peft.utils.integrations import gather_params_ctx
 
-from open_instruct.prolora.config import ProLoraConfig
-from open_instruct.prolora.rebuild import chunk_width, init_A_, init_B_, prolora_delta, rebuild_A, rebuild_B
+from prolora.config import ProLoraConfig
+from prolora.rebuild import chunk_width, init_A_, init_B_, prolora_delta, rebuild_A, rebuild_B
 
 
 class ProLoraLayer(BaseTunerLayer):
