@@ -1,5 +1,6 @@
 # GPU image for the PRoLoRA harness: CUDA 12.8 runtime, Python 3.11, the pinned stack of requirements.txt with
-# the CUDA build of torch, DeepSpeed, and this project installed editable.
+# the CUDA build of torch, DeepSpeed, and this project (the `prolora` method distribution and the harness)
+# installed editable.
 #
 #   docker build -t prolora .
 #   docker run --gpus all -e HF_TOKEN -v $PWD/data:/workspace/data -v $PWD/output:/workspace/output prolora \
@@ -29,6 +30,7 @@ RUN pip install -r requirements.txt
 # DeepSpeed builds its ops just in time; build it against the torch above (no isolated build env).
 RUN DS_BUILD_OPS=0 pip install --no-build-isolation deepspeed==0.19.8
 
+COPY prolora ./prolora
 COPY pyproject.toml README.md ./
 COPY open_instruct ./open_instruct
 COPY eval ./eval
@@ -36,6 +38,6 @@ COPY scripts ./scripts
 COPY configs ./configs
 COPY benchmarks ./benchmarks
 COPY ft_llama2_7b_*.sh ./
-RUN pip install --no-deps -e .
+RUN pip install --no-deps -e ./prolora -e .
 
 CMD ["bash"]
