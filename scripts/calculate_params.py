@@ -9,20 +9,24 @@ Methods: lora, vera, tied_lora, prolora[:u=U][:m=M][:n=N]. Models: llama2-7b, ll
 offline:smollm2, or a config.json / model folder. Formulas: `open_instruct.paper.params`.
 """
 
-import argparse
-import sys
 from pathlib import Path
 
+from open_instruct.cli import ArgumentParser, UsageError, run
 from open_instruct.io_utils import write_text
-from open_instruct.paper.params import (LLAMA_PROJECTIONS, params_table, plot_params_vs_rank, resolve_model_dims,
-                                        rows_to_markdown)
+from open_instruct.paper.params import (
+    LLAMA_PROJECTIONS,
+    params_table,
+    plot_params_vs_rank,
+    resolve_model_dims,
+    rows_to_markdown,
+)
 from open_instruct.paper.summarize import to_csv
 
 DEFAULT_METHODS = ["lora", "prolora:u=0:m=2:n=2", "prolora:u=1:m=2:n=2", "prolora:u=1:m=4:n=4", "vera", "tied_lora"]
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", nargs="+", default=["llama2-7b", "llama2-13b"], help="models (see above)")
     parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, help="method specs (see above)")
     parser.add_argument("--ranks", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32, 64, 128])
@@ -33,8 +37,7 @@ def main(argv=None) -> int:
     try:
         rows = params_table([resolve_model_dims(m) for m in args.model], args.methods, args.ranks, args.modules)
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise UsageError(str(err)) from None
     markdown = rows_to_markdown(rows)
     print(markdown)
     if args.output_dir:
@@ -46,4 +49,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

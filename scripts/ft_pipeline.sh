@@ -107,7 +107,7 @@ flags=()
   --learning_rate "$LEARNING_RATE" --lr_scheduler_type "$LR_SCHEDULER" --warmup_ratio "$WARMUP_RATIO" \
   --weight_decay 0 --max_train_steps "$MAX_STEPS" --clip_grad_norm "$CLIP_GRAD_NORM" --seed "$SEED" \
   --checkpointing_steps "$CHECKPOINTING_STEPS" --checkpoints_total_limit "$CHECKPOINTS_TOTAL_LIMIT" \
-  --logging_steps "$LOGGING_STEPS" --with_tracking --report_to tensorboard "${flags[@]}"
+  --logging_steps "$LOGGING_STEPS" --with_tracking --report_to tensorboard --group_by_length "${flags[@]}"
 
 # 2. Merge the adapter into the (dequantised) base.
 merge_flags=()

@@ -8,15 +8,14 @@ Writes efficiency_<column>.png per score column of the task and loss_curves.png 
 loss dashed) for the completed fine-tuning runs whose tensorboard logs hold "train_loss" or "train/loss".
 """
 
-import argparse
-import sys
 from pathlib import Path
 
+from open_instruct.cli import ArgumentParser, UsageError, run
 from open_instruct.paper import plots, summarize
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", type=Path, help="folders to scan for runs (recursively)")
     parser.add_argument("--task", choices=sorted(summarize.TASKS), default="paper")
     parser.add_argument("--columns", nargs="+", default=None, help="score columns to plot (default: the task's)")
@@ -27,8 +26,7 @@ def main(argv=None) -> int:
     try:
         runs = [summarize.read_run(path) for path in summarize.find_run_dirs(args.roots)]
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise UsageError(str(err)) from None
     task = summarize.TASKS[args.task]
     rows = summarize.summarize_runs(runs, task)
     columns = args.columns or [*task.columns, *(["Avg."] if len(task.averaged) > 1 else [])]
@@ -38,11 +36,12 @@ def main(argv=None) -> int:
         count = plots.plot_efficiency(rows, column, path)
         print(f"{path}: {count} point(s)" if count else f"{column}: no results, nothing plotted")
     if not args.no_loss_curves:
-        curves = [(f"{run.label} sd{run.seed}", run.path) for run in runs if not run.partial and run.label != "base model"]
+        curves = [(f"{run.label} sd{run.seed}", run.path) for run in runs
+                  if not run.partial and run.label != "base model"]
         count = plots.plot_loss_curves(curves, output_dir / "loss_curves.png")
         print(f"{output_dir / 'loss_curves.png'}: {count} curve(s)" if count else "no tensorboard loss logs found")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

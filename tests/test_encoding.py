@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import pytest
-
 from finetune_helpers import byte_tokenizer
-from open_instruct.encoding import (IGNORE_INDEX, encode_messages, encode_prompt_completion, encode_record,
-                                    has_trainable_tokens, render_messages)
+
+from open_instruct.encoding import (
+    IGNORE_INDEX,
+    encode_messages,
+    encode_prompt_completion,
+    encode_record,
+    has_trainable_tokens,
+    render_messages,
+)
 
 CONVERSATION = [
     {"role": "system", "content": " add numbers "},

@@ -7,9 +7,7 @@ import textwrap
 
 import pytest
 import torch
-
-from finetune_helpers import (load_adapter_tensors, make_tiny_checkpoint, python, run, tiny_args,
-                              write_toy_data)
+from finetune_helpers import load_adapter_tensors, make_tiny_checkpoint, python, run, tiny_args, write_toy_data
 
 # 20 training examples (4 held out), batch 4, accumulation 2 → 3 optimizer steps per epoch, the last one a
 # single batch; 6 steps = 2 epochs; checkpoints at steps 2 (mid-epoch) and 4 (just after the epoch boundary).

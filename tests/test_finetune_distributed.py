@@ -8,7 +8,6 @@ import textwrap
 
 import pytest
 import torch
-
 from finetune_helpers import REPO, load_adapter_tensors, make_tiny_checkpoint, run, tiny_args, write_toy_data
 
 pytestmark = pytest.mark.slow
@@ -22,11 +21,11 @@ RANK_DUMP = textwrap.dedent("""
     import torch
     from open_instruct import finetune
     original_save_final = finetune.save_final
-    def save_final(accelerator, model, tokenizer, output_dir, results):
+    def save_final(accelerator, model, *args, **kwargs):
         params = {n: p.detach().cpu().clone() for n, p in accelerator.unwrap_model(model).named_parameters()
                   if p.requires_grad}
         torch.save(params, Path(__file__).parent / f"rank{accelerator.process_index}.pt")
-        original_save_final(accelerator, model, tokenizer, output_dir, results)
+        original_save_final(accelerator, model, *args, **kwargs)
     finetune.save_final = save_final
     finetune.main(sys.argv[1:])
 """)

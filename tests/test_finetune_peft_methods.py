@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from finetune_helpers import load_adapter_tensors, make_tiny_checkpoint, python, run, tiny_args, write_toy_data
 from transformers import AutoModelForCausalLM
 
-from finetune_helpers import load_adapter_tensors, make_tiny_checkpoint, python, run, tiny_args, write_toy_data
 from open_instruct.finetune import parse_args
 from open_instruct.peft_methods import LLAMA_PROJECTIONS, build_peft_config
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from finetune_helpers import REPO, make_tiny_checkpoint, write_toy_data
 
 SCRIPTS = ["ft_llama2_7b_superni_mmlu.sh", "ft_llama2_7b_flan_v2.sh", "ft_llama2_7b_cot_gsm8k.sh",

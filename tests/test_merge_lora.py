@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from finetune_helpers import byte_tokenizer, make_tiny_checkpoint
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from finetune_helpers import byte_tokenizer, make_tiny_checkpoint
-from open_instruct.merge_lora import load_dequantized_base, main as merge_main
+from open_instruct.merge_lora import load_dequantized_base
+from open_instruct.merge_lora import main as merge_main
 from open_instruct.peft_methods import LLAMA_PROJECTIONS
 from prolora import ProLoraConfig
 
@@ -32,7 +33,7 @@ def make_adapter(base_dir, adapter_dir, method: str, with_pad: bool):
     model = get_peft_model(base, adapter_config(method))
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.normal_(0, 0.2)
     model.save_pretrained(adapter_dir, save_embedding_layers=False)
@@ -101,6 +102,8 @@ def test_dequantized_base_has_plain_linear_layers(tmp_path):
 
 
 def test_missing_adapter_is_reported_and_nothing_written(tmp_path):
-    with pytest.raises(ValueError, match="adapter_config.json.*nowhere"):
+    from open_instruct.cli import UsageError
+
+    with pytest.raises(UsageError, match="nowhere: no such folder"):
         merge_main(["--lora_model_name_or_path", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from open_instruct import offline_assets, offline_data as od
+from open_instruct import offline_assets
+from open_instruct import offline_data as od
 from open_instruct.validate_data import iter_validated_jsonl
 
 # --- parsing rules -------------------------------------------------------------------------------------------

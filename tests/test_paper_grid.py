@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from open_instruct.paper.grid import (Cell, GridConfigError, cell_stages, cli_flags, expand_cells, load_config,
-                                      run_grid)
+from open_instruct.paper.grid import Cell, GridConfigError, cell_stages, cli_flags, expand_cells, load_config, run_grid
 
 GRID = {
     "name": "test",

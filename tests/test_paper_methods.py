@@ -6,11 +6,12 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, VeraConfig, get_peft_model
 
-from prolora import ProLoraConfig
+from open_instruct.peft_methods import LLAMA_PROJECTIONS
 from open_instruct.tied_lora import TiedLoraConfig
+from prolora import ProLoraConfig
 
 torch.set_num_threads(1)
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = list(LLAMA_PROJECTIONS)
 CONFIGS = {
     "lora": lambda: LoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, task_type="CAUSAL_LM"),
     "prolora": lambda: ProLoraConfig(r=4, lora_alpha=8, unshared_r=1, reduce_lora_A_x=2, reduce_lora_B_x=2,

@@ -10,10 +10,18 @@ import pytest
 import torch
 from peft import LoraConfig, VeraConfig, get_peft_model
 
-from open_instruct.paper.params import (BUILTIN_MODELS, LLAMA_PROJECTIONS, MethodSpec, ModelDims, count_params,
-                                        params_table, parse_method_spec, resolve_model_dims)
-from prolora import ProLoraConfig
+from open_instruct.paper.params import (
+    BUILTIN_MODELS,
+    LLAMA_PROJECTIONS,
+    MethodSpec,
+    ModelDims,
+    count_params,
+    params_table,
+    parse_method_spec,
+    resolve_model_dims,
+)
 from open_instruct.tied_lora import TiedLoraConfig
+from prolora import ProLoraConfig
 
 torch.set_num_threads(1)
 
@@ -105,5 +113,6 @@ def test_cli_writes_table_csv_and_plot(tmp_path):
     csv_lines = (out / "params.csv").read_text().splitlines()
     assert csv_lines[0].startswith("model,method,r,u,m,n,params,ratio_to_lora") and len(csv_lines) == 7
     assert (out / "params_vs_rank.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = subprocess.run([sys.executable, "scripts/calculate_params.py", "--methods", "dora"], capture_output=True, text=True)
-    assert bad.returncode == 1 and "unknown method 'dora'" in bad.stderr
+    bad = subprocess.run([sys.executable, "scripts/calculate_params.py", "--methods", "dora"], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "unknown method 'dora'" in bad.stderr

@@ -11,8 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from open_instruct.paper.summarize import (TASKS, Task, find_run_dirs, mean_std, read_run, summarize,
-                                           summarize_runs, table_records)
+from open_instruct.paper.summarize import (
+    TASKS,
+    Task,
+    find_run_dirs,
+    mean_std,
+    read_run,
+    summarize,
+    summarize_runs,
+    table_records,
+)
 
 
 def write(path: Path, obj) -> None:
@@ -37,8 +45,9 @@ def make_run(root: Path, folder: str, config: dict | None = None, results: dict 
     return run
 
 
-def mmlu(acc):
-    return {"average_acc": acc, "cat_acc": {"STEM": acc - 0.1, "humanities": acc, "social sciences": acc, "other": acc}}
+def mmlu(acc, other_key="other (business, health, misc.)"):
+    return {"average_acc": acc,
+            "cat_acc": {"STEM": acc - 0.1, "humanities": acc, "social sciences": acc, other_key: acc + 0.05}}
 
 
 @pytest.fixture
@@ -57,13 +66,15 @@ def results_root(tmp_path):
              {"eval/gsm": {"exact_match": 0.2}})  # MMLU of seed 2 missing
     make_run(root, "vera_sd1", {"method": "vera", "label": "VeRA", "r": 256, "lr": 1e-3, "seed": 1}, None,
              {}, completed=False)  # interrupted: no completed marker, no results
-    make_run(root, "base", {"method": "base", "label": "base model"}, None, {"eval/mmlu": mmlu(0.30)},
-             completed=False)
+    make_run(root, "base", {"method": "base", "label": "base model"}, None, {"eval/mmlu": mmlu(0.30, "other")},
+             completed=False)  # written before the category took upstream's name
     # the PRoLoRA authors' layout: hyper-parameters in the folder name and adapter config, their eval folder names
     authors = make_run(root, "superni_20240101-000000_GPU_0_r_8_unshared_1_x_A4B4_lr_0.0003_sd_42", None,
                        {"train_loss": 1.0, "eval_loss": 1.1, "train_runtime": 3600, "trainable_params": 6_871_040},
-                       {"mmlu_results": mmlu(0.5), "cot": {"average_exact_match": 0.25},
-                        "no_cot": {"average_exact_match": 0.35}, "pass1": {"pass@1": 0.1}, "pass10": {"pass@10": 0.2}},
+                       {"mmlu_results": mmlu(0.5), "bbh_results/cot": {"average_exact_match": 0.25},
+                        "bbh_results/no_cot": {"average_exact_match": 0.35},
+                        "codex_eval_results/pass1": {"pass@1": 0.1, "pass@5": 0.15, "pass@10": 0.17, "pass@20": 0.2},
+                        "codex_eval_results/pass10": {"pass@10": 0.2}},
                        adapter={"peft_type": "PROLORA", "r": 8, "lora_alpha": 16, "unshared_r": 1,
                                 "reduce_lora_A_x": 4, "reduce_lora_B_x": 4, "enable_lora_rotation": True,
                                 "rectified_init": True})
@@ -149,7 +160,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
         summarize([tmp_path / "r"], "paper", tmp_path / "o")
     proc = subprocess.run([sys.executable, "scripts/summarize_results.py", str(tmp_path / "missing")],
                           capture_output=True, text=True)
-    assert proc.returncode == 1 and "does not exist" in proc.stderr.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "does not exist" in proc.stderr.strip().splitlines()[-1]
     with pytest.raises(ValueError, match="unknown task"):
         summarize([tmp_path / "r"], "squad", tmp_path / "o")
 
@@ -181,3 +192,25 @@ def test_runs_of_different_training_sets_join_per_seed(tmp_path):
     # the held-out loss exists in both grids: those runs overlap, so they stay separate seeds
     _, records = table_records(summarize_runs(runs, TASKS["training"]), TASKS["training"])
     assert {rec["method"]: rec["seeds"] for rec in records}["LoRA"] == 4
+
+
+def test_authors_result_folders_and_keys(tmp_path):
+    """A run folder as the authors' ft_*.sh leave it: every eval in its save_dir, read with their summaries' keys."""
+    run = make_run(tmp_path, "code_20240101-000000_GPU_0_r_8_unshared_1_x_A2B2_lr_0.0002_sd_7", None,
+                   {"train_loss": 1.0, "eval_loss": 1.25, "train_runtime": 5400},
+                   {"mmlu_results": mmlu(0.5), "tydiqa_results": {"english": {"f1": 40.0, "exact_match": 30.0},
+                                                                  "average": {"f1": 41.5, "exact_match": 31.5}},
+                    "gsm_results": {"exact_match": 0.125},
+                    "bbh_results/cot": {"average_exact_match": 0.3}, "bbh_results/no_cot": {"average_exact_match": 0.4},
+                    "codex_eval_results/pass1": {"pass@1": 0.11, "pass@5": 0.2, "pass@10": 0.25, "pass@20": 0.3},
+                    "codex_eval_results/pass10": {"pass@10": 0.33}},
+                   adapter={"peft_type": "PROLORA", "r": 8, "lora_alpha": 16, "unshared_r": 1,
+                            "reduce_lora_A_x": 2, "reduce_lora_B_x": 2})
+    metrics = read_run(run).metrics
+    assert metrics["MMLU"] == pytest.approx(50.0) and metrics["MMLU other"] == pytest.approx(55.0)
+    assert metrics["MMLU STEM"] == pytest.approx(40.0) and metrics["MMLU soc."] == pytest.approx(50.0)
+    assert metrics["TyDiQA F1"] == pytest.approx(41.5) and metrics["TyDiQA EM"] == pytest.approx(31.5)
+    assert metrics["GSM8K"] == pytest.approx(12.5)
+    assert metrics["BBH CoT"] == pytest.approx(30.0) and metrics["BBH direct"] == pytest.approx(40.0)
+    assert metrics["HumanEval P@1"] == pytest.approx(11.0) and metrics["HumanEval P@10"] == pytest.approx(33.0)
+    assert metrics["held-out loss"] == pytest.approx(1.25) and metrics["train time (h)"] == pytest.approx(1.5)

@@ -14,9 +14,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file
 
 import prolora as P
+from open_instruct.peft_methods import LLAMA_PROJECTIONS
 from prolora.rebuild import chunk_width
 
-ATTN_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ATTN_MLP = list(LLAMA_PROJECTIONS)
 
 
 # --------------------------------------------------------------------------- naive reference (explicit loops)
@@ -281,7 +282,7 @@ def test_export_as_lora_loads_in_plain_peft(tiny_llama, trained_pair, tmp_path):
     script = f"""
 import sys, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from conftest import make_tiny_llama
+from helpers.models import make_tiny_llama
 from peft import PeftModel
 m = PeftModel.from_pretrained(make_tiny_llama(hidden_size=72, intermediate_size=98), {str(out)!r}).eval()
 assert type(m.peft_config["default"]).__name__ == "LoraConfig"
@@ -314,7 +315,7 @@ def test_plain_peft_refuses_prolora_adapter(trained_pair):
     script = f"""
 import sys
 sys.path.insert(0, {str(Path(__file__).parent)!r})
-from conftest import make_tiny_llama
+from helpers.models import make_tiny_llama
 from peft import PeftModel
 try:
     PeftModel.from_pretrained(make_tiny_llama(hidden_size=72, intermediate_size=98), {str(path)!r})
@@ -435,7 +436,7 @@ def test_all_linear_and_regex_targets(tiny_llama):
     assert adapted == set(ATTN_MLP)  # lm_head is excluded by PEFT's all-linear rule
     model = get_peft_model(tiny_llama(), P.ProLoraConfig(r=4, target_modules=r".*layers\.1\.self_attn\.(q|v)_proj"))
     adapted = sorted(n for n, m in model.named_modules() if isinstance(m, P.ProLoraLayer))
-    assert adapted == ["base_model.model.model.layers.1.self_attn.q_proj", "base_model.model.model.layers.1.self_attn.v_proj"]
+    assert adapted == [f"base_model.model.model.layers.1.self_attn.{p}_proj" for p in "qv"]
 
 
 @pytest.mark.parametrize("u,autocast", [(1, False), (0, False), (8, False), (2, True)])

@@ -7,9 +7,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 import prolora as P
+from open_instruct.peft_methods import LLAMA_PROJECTIONS
 
 bnb = pytest.importorskip("bitsandbytes")
-ATTN_MLP = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ATTN_MLP = list(LLAMA_PROJECTIONS)
 
 
 @pytest.fixture

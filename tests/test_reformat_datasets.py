@@ -9,35 +9,43 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from open_instruct import reformat_datasets as rd
-from open_instruct.instruction_encode_templates import (TEMPLATES_WITH_INPUT, TEMPLATES_WITHOUT_INPUT,
-                                                        encode_few_shot_example, encode_instruction_example)
-from open_instruct.validate_data import iter_validated_jsonl
+from open_instruct.instruction_encode_templates import (
+    TEMPLATES_WITH_INPUT,
+    TEMPLATES_WITHOUT_INPUT,
+    encode_few_shot_example,
+    encode_instruction_example,
+)
 
 RAW = Path(__file__).parent / "fixtures" / "raw_train"
 SMALL_SUPER_NI = {"zero_shot_per_task": 3, "few_shot_per_task": 2, "n_demos": 2}
 
 
+def read_records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def run(name: str, out: Path, seed: int = 42, **options) -> list[dict]:
-    """Convert one fixture source and return its records (every one checked by validate_data)."""
+    """Convert one fixture source (a fresh random.Random(seed), as upstream run on it alone); its records."""
     if name == "super_ni":
         options = SMALL_SUPER_NI | options
     rd.convert(name, RAW, out, seed, **options)
-    return list(iter_validated_jsonl(rd.output_file(out, name)))
+    return read_records(rd.output_file(out, name))
 
 
 def chat(*turns: str) -> list[dict]:
     return [{"role": "user" if i % 2 == 0 else "assistant", "content": text} for i, text in enumerate(turns)]
 
 
-def is_templated(prompt: str, completion: str, instruction: str, input: str, output: str) -> bool:
+def is_templated(prompt: str, completion: str, instruction: str, input: str | None, output: str) -> bool:
     """True if (prompt, completion) is one of our templates filled with the stripped fields."""
-    fields = {"instruction": instruction.strip(), "input": input.strip(), "output": output.strip()}
+    fields = {"instruction": instruction.strip(), "input": (input or "").strip(), "output": output.strip()}
     templates = TEMPLATES_WITH_INPUT if fields["input"] else TEMPLATES_WITHOUT_INPUT
     return any(p.format(**fields) == prompt and c.format(**fields) == completion for p, c, _ in templates)
 
@@ -104,27 +112,35 @@ def test_super_ni(tmp_path):
 
 def test_super_ni_counts_follow_options(tmp_path):
     records = run("super_ni", tmp_path, zero_shot_per_task=1, few_shot_per_task=0)
-    assert sorted(r["id"][:len("super_ni_task00x")] for r in records) == ["super_ni_task001", "super_ni_task002"]
+    assert sorted(r["id"][:len("super_ni_task00x")] for r in records) == \
+        ["super_ni_task001", "super_ni_task002", "super_ni_task004"]
     assert all("Input:\n" not in r["messages"][0]["content"] for r in records)  # zero-shot only
+    # the default 60 + 20: task004 has 95 instances, so 80 are sampled; the small tasks are taken whole
+    default = run("super_ni", tmp_path, zero_shot_per_task=60, few_shot_per_task=20)
+    task4 = [r for r in default if r["id"].startswith("super_ni_task004-")]
+    assert len(task4) == 80 and len({r["id"] for r in task4}) == 80
+    few = [r for r in task4 if r["messages"][0]["content"].count("Input:\n") == 3]  # 2 demos + the query
+    assert task4[60:] == few and len(few) == 20
 
 
-def test_cot_samples_each_file_with_its_own_count(tmp_path):
+def test_cot_samples_each_file_and_reproduces_the_guard_bug(tmp_path):
     records = run("cot", tmp_path, zero_shot_examples=2, few_shot_examples=10)
-    assert sum(r["id"].startswith("cot_zs_") for r in records) == 2
-    assert sum(r["id"].startswith("cot_fs_") for r in records) == 4  # the whole few-shot file (4 < 10)
-    # The zero-shot count alone decides whether the zero-shot file is read (upstream's guard bug).
-    only_zero = run("cot", tmp_path, zero_shot_examples=3, few_shot_examples=0)
-    assert len(only_zero) == 3 and all(r["id"].startswith("cot_zs_") for r in only_zero)
+    assert [r["id"] for r in records] == [f"cot_{i}" for i in range(6)]  # 2 sampled + the whole few-shot file
     fs = {r["id"]: r["messages"] for r in records}
-    assert fs["cot_fs_1"] == chat("Q: Is the sky blue? A: yes.\n\nQ: Is fire cold?\nA:",
-                                  "Fire is hot. So the answer is no.")
-    assert fs["cot_fs_2"][0]["content"] == "Premise: a dog runs.\nHypothesis: an animal moves.\n"
-    assert fs["cot_fs_3"][0]["content"] == "Solve 3*3.\n"
+    assert fs["cot_2"] == chat("Q: Is the sky blue? A: yes.\n\nQ: Is fire cold?\nA:",
+                               "Fire is hot. So the answer is no.")
+    assert fs["cot_3"][0]["content"] == "Premise: a dog runs.\nHypothesis: an animal moves.\n"
+    assert fs["cot_4"][0]["content"] == "Solve 3*3.\n"
+    # Upstream reads the zero-shot file only when the few-shot count is positive: reproduced by default ...
+    assert run("cot", tmp_path, zero_shot_examples=3, few_shot_examples=0) == []
+    # ... and fixed on request
+    fixed = run("cot", tmp_path, zero_shot_examples=3, few_shot_examples=0, fix_zero_shot_guard=True)
+    assert len(fixed) == 3 and [r["id"] for r in fixed] == ["cot_0", "cot_1", "cot_2"]
 
 
 def test_flan_v2_file_choice_and_prompt_rule(tmp_path):
     records = run("flan_v2", tmp_path)
-    assert [r["id"] for r in records] == [f"flan_v2_{i}" for i in range(1, 6)]
+    assert [r["id"] for r in records] == [f"flan_v2_{i}" for i in range(5)]
     assert records[0]["messages"] == chat("Translate to German: Good morning\n", "Guten Morgen")
     assert records[1]["messages"][0]["content"].endswith("Summary:")  # ends with ':' → unchanged
     assert records[2]["messages"][0]["content"] == "Is 7 prime?\n"  # already ends with a newline
@@ -144,75 +160,92 @@ def test_instruction_sources(tmp_path, name, file, input_key, output_key):
     path = RAW / file
     raw = json.loads(path.read_text()) if path.suffix == ".json" else \
         [json.loads(line) for line in path.read_text().splitlines()]
-    records = {r["id"]: r for r in run(name, tmp_path)}
-    for index, example in enumerate(raw):
-        record = records.get(f"{name}_{index}")
-        if not example[output_key].strip():  # an empty answer is skipped (dolly fixture has one)
-            assert record is None
-            continue
+    records = run(name, tmp_path)
+    assert [r["id"] for r in records] == [f"{name}_{i}" for i in range(len(raw))]  # empty answers written too
+    for example, record in zip(raw, records):
         assert record["dataset"] == name
         user, assistant = record["messages"]
         assert is_templated(user["content"], assistant["content"], example["instruction"], example[input_key],
                             example[output_key])
-    assert len(records) == sum(bool(e[output_key].strip()) for e in raw)
+    if name == "dolly":  # an empty answer is kept, as upstream; --skip_unusable drops it, ids unchanged
+        kept = rd.convert(name, RAW, tmp_path / "skip", skip_unusable=True)
+        skipped = read_records(rd.output_file(tmp_path / "skip", name))
+        assert kept["skipped"] == sum(not e[output_key].strip() for e in raw) > 0
+        assert [r["id"] for r in skipped] == [r["id"] for r in records if r["messages"][1]["content"].strip()]
 
 
 def test_gpt4_alpaca_chinese_only_when_asked(tmp_path):
-    assert not any("zh" in r["id"] for r in run("gpt4_alpaca", tmp_path))
+    assert len(run("gpt4_alpaca", tmp_path)) == 2
     records = run("gpt4_alpaca", tmp_path, zh=True)
-    zh = [r for r in records if r["id"].startswith("gpt4_alpaca_zh_")]
-    assert len(records) == 4 and len(zh) == 2 and zh[1]["messages"][1]["content"] == "I like tea."
+    assert [r["id"] for r in records] == [f"gpt4_alpaca_{i}" for i in range(4)]  # one count over both files
+    assert records[3]["messages"][1]["content"] == "I like tea."
 
 
 def test_unnatural_instructions_appends_constraints(tmp_path):
-    records = {r["id"]: r["messages"] for r in run("unnatural_instructions", tmp_path)}
-    assert set(records) == {"unnatural_instructions_1_0", "unnatural_instructions_1_1", "unnatural_instructions_2_0"}
-    base = "You are given a list of numbers. Output the largest one."
-    assert is_templated(*[m["content"] for m in records["unnatural_instructions_1_0"]], base, "3, 9, 2", "9")
-    assert is_templated(*[m["content"] for m in records["unnatural_instructions_1_1"]],
-                        base + "\nThe output should be an integer.", "-1, -5", "-1")
-    assert is_templated(*[m["content"] for m in records["unnatural_instructions_2_0"]],
-                        "Write the plural of the word.", "mouse", "mice")
+    records = [[m["content"] for m in r["messages"]] for r in run("unnatural_instructions", tmp_path)]
+    base, french = "You are given a list of numbers. Output the largest one.", "Translate the word into French."
+    expected = [(base, "3, 9, 2", "9"), (base + "\nThe output should be an integer.", "-1, -5", "-1"),
+                ("Write the plural of the word.", "mouse", "mice"), (french, "cat", "chat"),  # null constraints
+                (french, "", "rien"),  # "NONE" (any case) is no constraint
+                (french + "\n none", "dog", "chien"),  # " none " is compared unstripped, so it is appended
+                (french + "\nUse lower case.", "  ", "maison")]
+    assert len(records) == len(expected)
+    for (prompt, completion), fields in zip(records, expected):
+        assert is_templated(prompt, completion, *fields)
 
 
-def test_oasst1_every_path_to_an_assistant_skipping_deleted(tmp_path):
-    records = {r["id"]: r["messages"] for r in run("oasst1", tmp_path)}
-    q = "What is a good name for a cat?"
-    assert records == {
-        "oasst1_a1": chat(q, "Whiskers is a classic name."),
-        "oasst1_a3": chat(q, "Whiskers is a classic name.", "Something more unusual?", "How about Pixel or Nebula?"),
-        "oasst1_a4": chat(q, "Whiskers is a classic name.", "Something more unusual?", "Try Archimedes."),
-        "oasst1_a2": chat(q, "Luna is a popular choice."),
-        "oasst1_b1": chat("Explain photosynthesis in one sentence.",
-                          "Plants turn light, water and CO2 into sugar and oxygen."),
-        "oasst1_b2": chat("Explain photosynthesis in one sentence.", "It is how plants make food from sunlight."),
-    }  # a5 (deleted) and everything under it, and the deleted tree-3 prompt, are gone
+def test_oasst1_every_path_to_a_leaf_assistant_skipping_deleted(tmp_path):
+    records = run("oasst1", tmp_path)
+    assert [r["id"] for r in records] == [f"oasst1_{i}" for i in range(len(records))]
+    q, whiskers, unusual = "What is a good name for a cat?", "Whiskers is a classic name.", "Something more unusual?"
+    primes = "Name a prime number."
+    assert [r["messages"] for r in records] == [
+        chat(q, whiskers, unusual, "How about Pixel or Nebula?"),
+        chat(q, whiskers, unusual, "Try Archimedes."),
+        chat(q, "Luna is a popular choice."),
+        chat("Explain photosynthesis in one sentence.", "Plants turn light, water and CO2 into sugar and oxygen."),
+        chat("Explain photosynthesis in one sentence.", "It is how plants make food from sunlight."),
+        chat(primes, "Two."),
+        chat(primes, "Seven.", "Another?", "Eleven."),
+        chat(primes, "Seven.", "Another?", "Thirteen."),
+        chat(primes, "Five."),
+    ]  # inner assistant turns end no conversation; deleted subtrees are gone; "Three." only has a deleted reply
 
 
-def test_oasst1_top_k(tmp_path):
-    top1 = {r["id"] for r in run("oasst1", tmp_path, top_k=1)}
-    assert top1 == {"oasst1_a2", "oasst1_b2"}  # rank 0 wins; the unranked b1 comes last
-    top2 = {r["id"] for r in run("oasst1", tmp_path, top_k=2)}
-    assert top2 == {"oasst1_a1", "oasst1_a2", "oasst1_a3", "oasst1_a4", "oasst1_b1", "oasst1_b2"}
+def test_oasst1_top_k_follows_quality(tmp_path):
+    top1 = [r["messages"][-1]["content"] for r in run("oasst1", tmp_path, top_k=1)]
+    # without quality labels (trees 1-3) the first reply is kept; tree 4: Seven (0.8, before Three) → Thirteen
+    assert top1 == ["How about Pixel or Nebula?", "Plants turn light, water and CO2 into sugar and oxygen.",
+                    "Thirteen."]
+    top2 = [r["messages"][-1]["content"] for r in run("oasst1", tmp_path, top_k=2)]
+    assert top2[-2:] == ["Thirteen.", "Eleven."]  # best first
 
 
 def test_sharegpt_roles_and_dropped_conversations(tmp_path):
-    records = {r["id"]: r["messages"] for r in run("sharegpt", tmp_path)}
+    records = {r["id"]: r["messages"] for r in run("sharegpt", tmp_path)}  # upstream's split file
     assert records == {
-        "sharegpt_abc1": chat("Hi! Can you recommend a book?", "Sure: 'The Hobbit' by J.R.R. Tolkien.",
-                              "Something shorter?", "'The Old Man and the Sea' is short."),
-        # leading assistant turn dropped; user/chatgpt mapped
-        "sharegpt_abc3": chat("Thanks! Now tell me a joke.",
-                              "Why did the chicken cross the road? To get to the other side."),
-        "sharegpt_def2": chat("What is 2+2?", "4"),  # trailing user turn dropped
-    }  # abc2 (system turn) and def1 (bing turn) dropped; def3 (empty answer) skipped
+        "sharegpt_abc1_0": chat("Hi! Can you recommend a book?", "Sure: 'The Hobbit' by J.R.R. Tolkien."),
+        "sharegpt_abc1_1": chat("Something shorter?", "'The Old Man and the Sea' is short."),
+        # kept as they are, as upstream: a leading assistant turn, a trailing user turn, an empty answer
+        "sharegpt_abc3_0": [{"role": "assistant", "content": "Hello, how can I help?"}]
+        + chat("Caf\u00e9 au lait, s'il vous pla\u00eet.", "Voil\u00e0 \u2615"),
+        "sharegpt_def2_0": chat("What is 2+2?", "4", "And 3+3?"),
+        "sharegpt_def3_0": chat("Say nothing.", ""),
+    }  # abc2 (system turn), def1 (bing turn) and abc4 (no turns) dropped
+    parts = run("sharegpt", tmp_path, files=list(rd.SHAREGPT_FILES))
+    assert [r["id"] for r in parts] == ["sharegpt_abc1", "sharegpt_abc3", "sharegpt_def2", "sharegpt_def3"]
+    (tmp_path / "raw").mkdir()
+    shutil.copytree(RAW / "sharegpt", tmp_path / "raw" / "sharegpt")
+    (tmp_path / "raw" / "sharegpt" / rd.SHAREGPT_SPLIT_FILE).unlink()
+    rd.convert("sharegpt", tmp_path / "raw", tmp_path / "fallback")  # no split file: the two 90k parts
+    assert read_records(rd.output_file(tmp_path / "fallback", "sharegpt")) == parts
 
 
 def test_lima_drops_odd_tail(tmp_path):
     records = {r["id"]: r["messages"] for r in run("lima", tmp_path)}
     assert records["lima_1"] == chat("Write a limerick.", "There once was a cat from Peru...")
     assert records["lima_2"] == chat("Hi", "Hello! How can I help?", "Tell me a fact.", "Octopuses have three hearts.")
-    assert len(records) == 3
+    assert records["lima_3"] == [] and len(records) == 4  # an empty conversation is written, as upstream
 
 
 def test_every_source_has_a_fixture_and_a_converter():
@@ -232,33 +265,46 @@ def test_same_seed_same_output_different_seed_different_output(tmp_path):
     assert len({json.dumps(v) for v in outputs.values()}) > 1
 
 
-def test_output_does_not_depend_on_converter_order(tmp_path):
-    def run_all(order, out):
-        for name in order:
-            rd.convert(name, RAW, out, 7, **(SMALL_SUPER_NI if name == "super_ni" else {}))
+def test_one_stream_by_default_per_dataset_streams_on_request(tmp_path):
+    def run_all(order, out, *flags):
+        rd.main(["--raw_data_dir", str(RAW), "--output_dir", str(out), "--seed", "7", "--dataset", *order,
+                 "--super_ni_zero_shot_per_task", "3", "--super_ni_few_shot_per_task", "2", *flags])
         return {name: rd.output_file(out, name).read_bytes() for name in order}
 
+    # upstream mode: the stream runs through the sources in order, so the order changes what each draws ...
     forward = run_all(RANDOM_SOURCES, tmp_path / "forward")
     backward = run_all(list(reversed(RANDOM_SOURCES)), tmp_path / "backward")
+    assert forward["dolly"] != backward["dolly"]
+    # ... and the first source equals a run of it alone
+    assert run_all(RANDOM_SOURCES[:1], tmp_path / "alone") == {"super_ni": forward["super_ni"]}
+    # per_dataset mode: each source's output depends on the seed and its own name only
+    forward = run_all(RANDOM_SOURCES, tmp_path / "pf", "--rng", "per_dataset")
+    backward = run_all(list(reversed(RANDOM_SOURCES)), tmp_path / "pb", "--rng", "per_dataset")
     assert forward == backward
-    # and a global RNG touched in between changes nothing
-    random.seed(123)
+    random.seed(123)  # a global RNG touched in between changes nothing
     random.random()
-    assert run_all(["dolly"], tmp_path / "again") == {"dolly": forward["dolly"]}
+    assert run_all(["dolly"], tmp_path / "again", "--rng", "per_dataset") == {"dolly": forward["dolly"]}
 
 
-def test_reservoir_sample_is_uniform_and_ordered():
+def test_sample_order_draws_what_rng_sample_draws():
+    items = [f"x{i}" for i in range(50)]
+    for k in (0, 1, 5, 21, 49):
+        a, b = random.Random(k), random.Random(k)
+        assert [items[i] for i in rd.sample_order(len(items), k, a)] == b.sample(items, k)
+        assert a.random() == b.random()  # and leaves the stream in the same state
     rng = random.Random(0)
-    counts = [0] * 10
-    for _ in range(3000):
-        sample = rd.reservoir_sample(iter(range(10)), 3, rng)
-        assert sample == sorted(sample) and len(sample) == 3
-        for x in sample:
-            counts[x] += 1
-    assert all(800 < c < 1000 for c in counts)  # each item kept ~30% of the time
-    assert rd.reservoir_sample(iter(range(4)), 10, rng) == [0, 1, 2, 3]
-    stream = iter(range(4))
-    assert rd.reservoir_sample(stream, None, rng) is stream  # keeping everything stays lazy
+    state = rng.getstate()
+    assert rd.sample_order(5, 5, rng) is None and rd.sample_order(5, None, rng) is None
+    assert rng.getstate() == state  # keeping everything draws nothing
+    calls = []
+
+    def items_factory():
+        calls.append(1)
+        return iter(items)
+
+    a, b = random.Random(3), random.Random(3)
+    assert list(rd.sampled(items_factory, 7, a)) == b.sample(items, 7) and len(calls) == 2  # count, then collect
+    assert list(rd.sampled(items_factory, None, a)) == items
 
 
 # --- incremental JSON array reader ---------------------------------------------------------------------------
@@ -310,7 +356,7 @@ def test_missing_field_names_file_and_record(tmp_path):
 
 def test_wrong_type_and_unknown_sender(tmp_path):
     raw = copy_source(tmp_path, "sharegpt")
-    path = raw / "sharegpt" / "sg_90k_part2_html_cleaned.json"
+    path = raw / "sharegpt" / rd.SHAREGPT_SPLIT_FILE
     data = json.loads(path.read_text())
     data[1]["conversations"][1]["from"] = "robot"
     path.write_text(json.dumps(data))
@@ -356,13 +402,23 @@ def test_cli_converts_requested_and_available_sources(tmp_path):
     rd.main(["--raw_data_dir", str(RAW), "--output_dir", str(tmp_path / "one"), "--dataset", "lima", "oasst1",
              "--oasst1_top_k", "1"])
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == ["lima", "oasst1"]
-    assert len(list(iter_validated_jsonl(rd.output_file(tmp_path / "one", "oasst1")))) == 2
+    assert len(read_records(rd.output_file(tmp_path / "one", "oasst1"))) == 3
     rd.main(["--raw_data_dir", str(RAW), "--output_dir", str(tmp_path / "all"),
              "--super_ni_zero_shot_per_task", "1", "--super_ni_few_shot_per_task", "1"])
     for name in rd.CONVERTERS:
-        assert list(iter_validated_jsonl(rd.output_file(tmp_path / "all", name)))
-    with pytest.raises(SystemExit, match="raw folder of 'dolly' not found"):
+        assert read_records(rd.output_file(tmp_path / "all", name))
+    with pytest.raises(rd.RawDataError, match="raw folder of 'dolly' not found"):
         rd.main(["--raw_data_dir", str(tmp_path / "nowhere"), "--output_dir", str(tmp_path), "--dataset", "dolly"])
+    bad = subprocess.run([sys.executable, "-m", "open_instruct.reformat_datasets", "--raw_data_dir", str(RAW),
+                          "--output_dir", str(tmp_path / "none"), "--dataset", "dolly", "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+    missing = subprocess.run([sys.executable, "-m", "open_instruct.reformat_datasets", "--raw_data_dir",
+                              str(tmp_path / "nowhere"), "--output_dir", str(tmp_path / "none"), "--dataset", "lima"],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and missing.stderr.strip().splitlines() == \
+        [f"error: {tmp_path / 'nowhere' / 'lima'}: raw folder of 'lima' not found (run scripts/prepare_train_data.sh)"]
+    assert not (tmp_path / "none").exists()
 
 
 # --- scripts/prepare_train_data.sh ---------------------------------------------------------------------------
@@ -415,3 +471,17 @@ def test_prepare_script_skips_lima_without_token(tmp_path):
     assert result.returncode == 1 and not (tmp_path / "raw" / "lima").exists()
     unknown = subprocess.run(["bash", str(SCRIPT), "--datasets", "nope"], capture_output=True, text=True, cwd=tmp_path)
     assert unknown.returncode == 2 and "unknown dataset 'nope'" in unknown.stderr
+
+
+def test_prepare_script_converts_in_upstreams_order(tmp_path):
+    """Whatever the order of --datasets, one reformat run converts them in upstream's order (one shared stream)."""
+    shutil.copytree(RAW, tmp_path / "raw")  # already downloaded: the script only converts
+    env = {**os.environ, "PYTHON": sys.executable}
+    result = subprocess.run(["bash", str(SCRIPT), "--datasets", "dolly,super_ni", "--raw_dir", str(tmp_path / "raw"),
+                             "--output_dir", str(tmp_path / "out")], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "== converting: super_ni dolly" in result.stdout
+    rd.main(["--raw_data_dir", str(RAW), "--output_dir", str(tmp_path / "direct"), "--dataset", "super_ni", "dolly"])
+    for name in ("super_ni", "dolly"):
+        assert rd.output_file(tmp_path / "out", name).read_bytes() == \
+            rd.output_file(tmp_path / "direct", name).read_bytes()

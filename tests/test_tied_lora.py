@@ -8,10 +8,11 @@ from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
 from torch import nn
 
+from open_instruct.peft_methods import LLAMA_PROJECTIONS
 from open_instruct.tied_lora import TiedLoraConfig, TiedLoraLayer, shared_group_key
 
 torch.set_num_threads(1)
-PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PROJECTIONS = list(LLAMA_PROJECTIONS)
 
 
 def tied_model(make_tiny_llama, **config_kwargs):
@@ -58,7 +59,8 @@ def test_trainable_count_matches_closed_form(tiny_llama):
     r, L = 4, 2
     shapes = {"q_proj": (64, 64), "k_proj": (64, 32), "v_proj": (64, 32), "o_proj": (64, 64),
               "gate_proj": (64, 96), "up_proj": (64, 96), "down_proj": (96, 64)}
-    expected = sum(r * (d_in + d_out) for d_in, d_out in shapes.values()) + L * sum(r + d_out for _, d_out in shapes.values())
+    shared = sum(r * (d_in + d_out) for d_in, d_out in shapes.values())
+    expected = shared + L * sum(r + d_out for _, d_out in shapes.values())
     trainable, _ = model.get_nb_trainable_parameters()
     assert trainable == expected == 4664
 
@@ -91,7 +93,8 @@ def test_init_is_identity_and_zero_factor_gets_gradient(tiny_llama, switches, ze
     model(tokens(), labels=tokens()).loss.backward()
     assert factor.grad is not None and factor.grad.abs().sum() > 0
     for name in "ABuv":
-        assert getattr(layer, f"tied_lora_{name}")["default"].requires_grad == (name in zeroed or switches.get(f"train_{name}", True))
+        trained = name in zeroed or switches.get(f"train_{name}", True)
+        assert getattr(layer, f"tied_lora_{name}")["default"].requires_grad == trained
 
 
 def test_frozen_parts_stay_frozen_and_counts_drop(tiny_llama):
@@ -180,6 +183,16 @@ def test_projections_of_different_shapes_get_their_own_pair():
     assert model(torch.randn(3, 8)).shape == (3, 16)
 
 
+def test_bf16_base_model_without_autocast_keeps_bf16_tied_adapter(tiny_llama):
+    config = TiedLoraConfig(r=4, target_modules=PROJECTIONS)
+    model = get_peft_model(tiny_llama().to(torch.bfloat16), config, autocast_adapter_dtype=False)
+    bank = model.base_model.tied_lora_A["default"]
+    for _, layer in tied_layers(model):
+        assert layer.tied_lora_A["default"] is bank[layer.shared_key["default"]]
+        assert layer.tied_lora_A["default"].dtype == layer.tied_lora_v["default"].dtype == torch.bfloat16
+    assert model(tokens()).logits.dtype == torch.bfloat16
+
+
 def test_bf16_base_model_keeps_float32_adapter(tiny_llama):
     model = get_peft_model(tiny_llama().to(torch.bfloat16), TiedLoraConfig(r=4, target_modules=PROJECTIONS))
     layer = model.base_model.model.model.layers[0].self_attn.q_proj
@@ -199,12 +212,18 @@ def test_config_rejects_bad_values(kwargs, message):
         TiedLoraConfig(**kwargs)
 
 
-def test_low_cpu_mem_usage_is_refused(tiny_llama, tmp_path):
-    with pytest.raises(ValueError, match="low_cpu_mem_usage"):
-        get_peft_model(tiny_llama(), TiedLoraConfig(r=2, target_modules=["q_proj"]), low_cpu_mem_usage=True)
-    get_peft_model(tiny_llama(), TiedLoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="low_cpu_mem_usage"):
-        PeftModel.from_pretrained(tiny_llama(), tmp_path, low_cpu_mem_usage=True)
+def test_low_cpu_mem_usage_loads_tied_weights(tiny_llama, tmp_path):
+    model = tied_model(tiny_llama)
+    randomize_adapter(model)
+    expected = model(tokens()).logits
+    model.save_pretrained(tmp_path)
+    empty = get_peft_model(tiny_llama(), TiedLoraConfig(r=4, target_modules=PROJECTIONS), low_cpu_mem_usage=True)
+    assert all(p.device.type == "meta" for n, p in empty.named_parameters() if "tied_lora_" in n)
+    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path, low_cpu_mem_usage=True)
+    torch.testing.assert_close(loaded(tokens()).logits, expected)
+    bank = loaded.base_model.tied_lora_A["default"]
+    for _, layer in tied_layers(loaded):
+        assert layer.tied_lora_A["default"] is bank[layer.shared_key["default"]]  # still one tensor per projection
 
 
 def test_two_adapters_switch_and_delete(tiny_llama, tmp_path):

@@ -15,8 +15,10 @@ Outputs in ``--save_dir``: ``predictions/<task>.jsonl`` (input, target, raw_outp
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Callable
@@ -34,9 +36,11 @@ MAX_NEW_TOKENS = 512
 
 
 def load_tasks(data_dir: Path) -> dict[str, list[dict]]:
-    """``{task: examples}`` from ``bbh/*.json``, in sorted task order."""
+    """``{task: examples}`` from ``bbh/*.json``, in upstream's order: ``glob.glob``'s, i.e. the directory's listing
+    order (it decides which examples ``--max_num_examples_per_task`` draws for each task, and the order of the
+    metrics). A task is named by its file name up to the first dot, as upstream."""
     task_dir = data_dir / "bbh"
-    files = sorted(task_dir.glob("*.json"))
+    files = [Path(f) for f in glob.glob(os.path.join(glob.escape(str(task_dir)), "*.json"))]
     if not files:
         require_files([task_dir / "<task>.json"], "BBH")
     tasks = {}
@@ -48,8 +52,17 @@ def load_tasks(data_dir: Path) -> dict[str, list[dict]]:
         if not examples or not all(isinstance(ex, dict) and "input" in ex and "target" in ex for ex in examples):
             raise EvalError(f"{path}: expected {{\"examples\": [{{\"input\", \"target\"}}, ...]}} "
                             "with at least one example")
-        tasks[path.stem] = examples
+        tasks[path.name.split(".")[0]] = examples
     return tasks
+
+
+def sample_examples(tasks: dict[str, list[dict]], max_per_task: int | None) -> dict[str, list[dict]]:
+    """Upstream's subset: one ``random.Random(42)`` stream, one ``sample`` per task in task order (a task with no
+    more examples than asked is shuffled whole, as ``random.sample`` does)."""
+    if not max_per_task:
+        return tasks
+    rng = random.Random(42)
+    return {task: rng.sample(examples, min(max_per_task, len(examples))) for task, examples in tasks.items()}
 
 
 def strip_chain_of_thought(task_prompt: str, task: str) -> str:
@@ -71,8 +84,8 @@ def load_task_prompts(data_dir: Path, tasks: list[str], no_cot: bool) -> dict[st
     require_files([prompt_dir / f"{task}.txt" for task in tasks], "BBH prompt")
     prompts = {}
     for task in tasks:
-        lines = (prompt_dir / f"{task}.txt").read_text(encoding="utf-8").splitlines(keepends=True)
-        text = "".join(lines[2:])
+        with open(prompt_dir / f"{task}.txt", encoding="utf-8") as f:
+            text = "".join(f.readlines()[2:])  # readlines: split at "\n" only, as upstream
         prompts[task] = strip_chain_of_thought(text, task) if no_cot else text
     return prompts
 
@@ -85,10 +98,7 @@ def build_prompt(task_prompt: str, question: str, formatter: Callable | None) ->
 def main(args: argparse.Namespace) -> dict:
     check_model_args(args)
     data_dir = Path(args.data_dir)
-    rng = random.Random(42)
-    tasks = load_tasks(data_dir)
-    if args.max_num_examples_per_task:
-        tasks = {t: rng.sample(ex, min(args.max_num_examples_per_task, len(ex))) for t, ex in tasks.items()}
+    tasks = sample_examples(load_tasks(data_dir), args.max_num_examples_per_task)
     task_prompts = load_task_prompts(data_dir, list(tasks), args.no_cot)
 
     from eval.backends import make_backend

@@ -19,16 +19,21 @@ is skipped with a warning. Running model-written code needs an explicit opt-in (
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import logging
 import os
 from pathlib import Path
 
-from eval.codex_humaneval.execution import (OPT_IN_ENV, OPT_IN_MESSAGE, SandboxError, SandboxLimits, build_program,
-                                            code_execution_allowed, execute_programs)
+from eval.codex_humaneval.execution import (
+    OPT_IN_ENV,
+    OPT_IN_MESSAGE,
+    SandboxError,
+    SandboxLimits,
+    build_program,
+    code_execution_allowed,
+    execute_programs,
+)
 from eval.common import EvalError, cli_main, require_files
-from open_instruct.io_utils import write_json, write_jsonl
+from open_instruct.io_utils import iter_jsonl, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -37,24 +42,12 @@ PROBLEM_KEYS = ("task_id", "prompt", "test", "entry_point")
 
 def read_jsonl(path: str | os.PathLike, required: tuple[str, ...]) -> list[dict]:
     """Rows of a ``.jsonl`` or ``.jsonl.gz`` file; a bad line is an error naming file and line number."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     rows = []
-    try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise EvalError(f"{path}:{line_no}: malformed JSON ({err.msg})") from None
-                missing = [key for key in required if not isinstance(row, dict) or not isinstance(row.get(key), str)]
-                if missing:
-                    raise EvalError(f"{path}:{line_no}: expected string field(s) {', '.join(missing)}")
-                rows.append(row)
-    except (OSError, EOFError, UnicodeDecodeError) as err:  # e.g. a truncated or non-gzip .gz file
-        raise EvalError(f"cannot read {path}: {err}") from None
+    for where, row in iter_jsonl(path, error=EvalError):
+        missing = [key for key in required if not isinstance(row, dict) or not isinstance(row.get(key), str)]
+        if missing:
+            raise EvalError(f"{where}: expected string field(s) {', '.join(missing)}")
+        rows.append(row)
     return rows
 
 

@@ -22,8 +22,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from eval.codex_humaneval.evaluate import (add_execution_args, check_ks, default_workers, read_problems,
-                                           score_and_save)
+from eval.codex_humaneval.evaluate import add_execution_args, check_ks, default_workers, read_problems, score_and_save
 from eval.codex_humaneval.execution import OPT_IN_MESSAGE, SandboxLimits, code_execution_allowed
 from eval.common import EvalError, add_model_args, check_model_args, cli_main
 from eval.templates import chat_prompt, resolve_chat_formatter

@@ -14,7 +14,6 @@ Outputs in ``--save_dir``: ``predictions.jsonl`` (question, answer, model_output
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import random
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Callable
 from eval.common import EvalError, add_model_args, check_model_args, cli_main, require_files
 from eval.metrics import exact_match, extract_last_number, remove_thousands_separators
 from eval.templates import chat_prompt, resolve_chat_formatter
-from open_instruct.io_utils import write_json, write_jsonl
+from open_instruct.io_utils import iter_jsonl, write_json, write_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +76,14 @@ def load_test_data(path: Path) -> list[dict]:
     """``{"question", "answer"}`` per line; the gold answer is the number after ``####`` without commas."""
     require_files([path], "GSM")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                gold = remove_thousands_separators(row["answer"].split("####")[1].strip())
-                float(gold)
-            except (json.JSONDecodeError, KeyError, IndexError, ValueError, AttributeError):
-                raise EvalError(f"{path}:{line_no}: expected JSON with 'question' and an 'answer' ending in "
-                                "'#### <number>'") from None
-            examples.append({"question": row["question"], "answer": gold})
+    for where, row in iter_jsonl(path, error=EvalError):
+        try:
+            gold = remove_thousands_separators(row["answer"].split("####")[1].strip())
+            float(gold)
+        except (TypeError, KeyError, IndexError, ValueError, AttributeError):
+            raise EvalError(f"{where}: expected JSON with 'question' and an 'answer' ending in "
+                            "'#### <number>'") from None
+        examples.append({"question": row["question"], "answer": gold})
     if not examples:
         raise EvalError(f"{path} has no examples")
     return examples
@@ -127,8 +122,8 @@ def main(args: argparse.Namespace) -> dict:
     formatter = resolve_chat_formatter(args.chat_formatting_function, backend.tokenizer) \
         if args.use_chat_format else None
     prompts = [build_prompt(prefix, ex["question"], formatter) for ex in test_data]
-    outputs = [o[0] for o in backend.generate(prompts, args.max_new_tokens, stop=None if args.use_chat_format else ["\n"],
-                                              batch_size=args.eval_batch_size)]
+    stop = None if args.use_chat_format else ["\n"]
+    outputs = [o[0] for o in backend.generate(prompts, args.max_new_tokens, stop=stop, batch_size=args.eval_batch_size)]
     predictions = [extract_last_number(o) for o in outputs]
     metrics = {"exact_match": exact_match(predictions, [ex["answer"] for ex in test_data])}
 

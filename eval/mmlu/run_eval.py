@@ -2,14 +2,16 @@
 letter among " A"/" B"/" C"/" D" with the highest next-token probability after the prompt.
 
 Data: ``<data_dir>/test/<subject>_test.csv`` and ``<data_dir>/dev/<subject>_dev.csv`` — headerless rows
-``question, A, B, C, D, answer-letter`` (the layout of https://people.eecs.berkeley.edu/~hendrycks/data.tar).
+``question, A, B, C, D, answer-letter`` (the layout of https://people.eecs.berkeley.edu/~hendrycks/data.tar),
+read with pandas as upstream reads them (so "None"/"NA" cells show as "nan" in the prompt, as in the authors').
 Prompt: "The following are multiple choice questions (with answers) about {subject words}.\\n\\n", ``--ntrain``
 dev questions with their answers, then the test question ending in "Answer:"; the number of demos shrinks
 until the prompt fits in 2048 tokens. With ``--use_chat_format`` the text is one user turn followed by an
 answer prefix (PRoLoRA's "The answer is " by default, open-instruct's "The answer is:" on request).
 
 Outputs in ``--save_dir``: ``<subject>.csv`` (test rows + ``correct`` + ``choice{A..D}_probs``) and
-``metrics.json`` = ``{average_acc, subject_acc, subcat_acc, cat_acc}``.
+``metrics.json`` = ``{average_acc, subject_acc, subcat_acc, cat_acc}`` with upstream's category names
+(``STEM``, ``humanities``, ``social sciences``, ``other (business, health, misc.)``).
 
     python -m eval.mmlu.run_eval --data_dir data/eval/mmlu --save_dir results/mmlu \\
         --model_name_or_path BASE --adapter_name_or_path ADAPTER --ntrain 0 --use_chat_format --eval_batch_size 16
@@ -39,18 +41,44 @@ MAX_PROMPT_TOKENS = 2048
 CHAT_ANSWER_PREFIXES = {"prolora": "The answer is ", "open_instruct": "The answer is:"}
 
 
-def read_mmlu_csv(path: Path) -> list[list[str]]:
-    """Rows of a headerless MMLU csv, each ``[question, A, B, C, D, answer]`` kept as raw strings."""
-    rows = []
-    with open(path, newline="", encoding="utf-8") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if len(row) != 6 or row[5].strip() not in CHOICES:
-                raise EvalError(f"{path}:{line_no}: expected 6 columns (question, A, B, C, D, answer letter), "
-                                f"got {row[:1]}... with {len(row)} columns")
-            rows.append(row[:5] + [row[5].strip()])
-    if not rows:
+def read_mmlu_frame(path: Path):
+    """A headerless MMLU csv read as upstream reads it: ``pandas.read_csv(path, header=None)``.
+
+    pandas' defaults decide what a cell becomes, and the prompts show that: "None", "NA", "nan", an empty
+    cell, ... are missing values (printed "nan"), and a column of numbers holds numbers ("01" prints as "1",
+    and as "1.0" when the column also has a missing value). The rows must have six columns and the last must
+    be an answer letter.
+    """
+    import pandas as pd
+
+    with open(path, newline="", encoding="utf-8") as f:  # pandas pads short rows silently: check them first
+        reader = csv.reader(f)
+        for row in reader:
+            if len(row) != 6:
+                raise EvalError(f"{path}:{reader.line_num}: expected 6 columns (question, A, B, C, D, answer "
+                                f"letter), got {row[:1]}... with {len(row)} columns")
+    try:
+        frame = pd.read_csv(path, header=None)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise EvalError(f"{path}: not a readable MMLU csv ({str(e).strip().splitlines()[-1]})") from None
+    if frame.shape[1] != 6:
+        raise EvalError(f"{path}: expected 6 columns (question, A, B, C, D, answer letter), got {frame.shape[1]}")
+    for row_no, answer in enumerate(frame.iloc[:, 5], start=1):
+        if str(answer).strip() not in CHOICES:
+            raise EvalError(f"{path}: row {row_no}: the answer column should be one of A/B/C/D, got {answer!r}")
+    if frame.empty:
         raise EvalError(f"{path} has no rows")
-    return rows
+    return frame
+
+
+def frame_rows(frame) -> list[list[str]]:
+    """Each row as the six strings upstream's prompt shows (``"{}".format`` of the pandas cell)."""
+    return [["{}".format(frame.iloc[i, j]) for j in range(6)] for i in range(frame.shape[0])]
+
+
+def read_mmlu_csv(path: Path) -> list[list[str]]:
+    """Rows ``[question, A, B, C, D, answer]`` of a headerless MMLU csv, as upstream's prompts show them."""
+    return frame_rows(read_mmlu_frame(path))
 
 
 def format_subject(subject: str) -> str:
@@ -83,11 +111,19 @@ def fit_prompt(subject: str, demos: list[list[str]], row: list[str], formatter: 
         k -= 1
 
 
-def sample_rows(rows: list, n: int) -> list:
-    """``n`` rows without replacement, the same ones as pandas' ``df.sample(n, random_state=42)``."""
-    if n >= len(rows):
-        return rows
-    return [rows[i] for i in np.random.RandomState(42).choice(len(rows), size=n, replace=False)]
+def sample_positions(n_rows: int, n: int | None) -> list[int] | None:
+    """Row positions of upstream's subset, ``df.sample(n, random_state=42)`` (None: keep all rows)."""
+    import pandas as pd
+
+    if not n or n >= n_rows:
+        return None
+    return pd.RangeIndex(n_rows).to_series().sample(n, random_state=42).tolist()
+
+
+def sample_rows(rows: list, n: int | None) -> list:
+    """``n`` rows without replacement, the same ones, in the same order, as ``df.sample(n, random_state=42)``."""
+    positions = sample_positions(len(rows), n)
+    return rows if positions is None else [rows[i] for i in positions]
 
 
 def list_subjects(data_dir: Path, wanted: list[str] | None) -> list[str]:
@@ -115,13 +151,15 @@ def load_demos(data_dir: Path, subject: str, ntrain: int) -> list[list[str]]:
     return read_mmlu_csv(dev_file)[:ntrain]
 
 
-def write_subject_csv(path: Path, rows: list[list[str]], correct: list[bool], probs: list[list[float]]) -> None:
-    """Test rows plus correctness and per-letter probabilities, with open-instruct's column names."""
+def write_subject_csv(path: Path, frame, correct: list[bool], probs: list[list[float]]) -> None:
+    """The test rows plus ``correct`` and ``choice{A..D}_probs`` columns, written as upstream writes them
+    (``DataFrame.to_csv(index=None)``)."""
+    frame = frame.copy()
+    frame["correct"] = correct
+    for j, letter in enumerate(CHOICES):
+        frame[f"choice{letter}_probs"] = [p[j] for p in probs]
     with atomic_open(path) as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["0", "1", "2", "3", "4", "5", "correct"] + [f"choice{c}_probs" for c in CHOICES])
-        for row, ok, p in zip(rows, correct, probs):
-            writer.writerow(row + [str(ok)] + [repr(x) for x in p])
+        frame.to_csv(f, index=None)
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -130,9 +168,12 @@ def main(args: argparse.Namespace) -> dict:
         raise EvalError(f"--ntrain must be >= 0, got {args.ntrain}")
     data_dir = Path(args.data_dir)
     subjects = list_subjects(data_dir, args.subjects)
-    tests = {s: read_mmlu_csv(data_dir / "test" / f"{s}_test.csv") for s in subjects}
-    if args.n_instances:
-        tests = {s: sample_rows(rows, args.n_instances) for s, rows in tests.items()}
+    frames = {}
+    for subject in subjects:
+        frame = read_mmlu_frame(data_dir / "test" / f"{subject}_test.csv")
+        positions = sample_positions(frame.shape[0], args.n_instances)
+        frames[subject] = frame if positions is None else frame.iloc[positions]
+    tests = {s: frame_rows(frame) for s, frame in frames.items()}
     demos = {s: load_demos(data_dir, s, args.ntrain) for s in subjects}
 
     from eval.backends import make_backend
@@ -153,13 +194,13 @@ def main(args: argparse.Namespace) -> dict:
         predictions = [CHOICES[int(np.argmax(lp))] for lp in log_probs]
         correct = [pred == row[5] for pred, row in zip(predictions, rows)]
         correct_by_subject[subject] = correct
-        outputs[subject] = (rows, correct, [[float(np.exp(x)) for x in lp] for lp in log_probs])
+        outputs[subject] = (frames[subject], correct, [[float(np.exp(x)) for x in lp] for lp in log_probs])
         logger.info("accuracy %.3f - %s", sum(correct) / len(correct), subject)
 
     metrics = mmlu_metrics(correct_by_subject)
     save_dir = Path(args.save_dir)
-    for subject, (rows, correct, probs) in outputs.items():
-        write_subject_csv(save_dir / f"{subject}.csv", rows, correct, probs)
+    for subject, (frame, correct, probs) in outputs.items():
+        write_subject_csv(save_dir / f"{subject}.csv", frame, correct, probs)
     write_json(save_dir / "metrics.json", metrics)
     logger.info("average accuracy %.3f; categories %s", metrics["average_acc"], metrics["cat_acc"])
     return metrics

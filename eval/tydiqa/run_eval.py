@@ -3,11 +3,12 @@
 
 Data: ``<data_dir>/tydiqa-goldp-v1.1-dev.json`` (evaluated) and ``-train.json`` (demonstrations), SQuAD format;
 an example's language is its id prefix (``english-...``). Per language, instructions and field labels are in that
-language. ``--n_shot`` demos per language are drawn from train with seed 42; passages are cut to
-``--max_context_length`` tokens. Prompt: instruction + "\\n\\n" + demos ("Passage: c\\nQuestion: q\\nAnswer: a",
-blank-line separated) + "\\n\\n" + "Passage: c\\nQuestion: q\\n" + "Answer:" — with ``--use_chat_format`` the
-text is one user turn followed by the answer label. Greedy, at most 50 new tokens, stopping at the first newline
-only without chat format; the answer is the stripped completion.
+language. ``--n_shot`` demos per language are drawn from train with seed 42, after the optional per-language
+subset, as upstream; passages are cut to ``--max_context_length`` tokens the way upstream cuts them (see
+:func:`truncate_context`; ``--truncate_without_bos`` for a clean cut). Prompt: instruction + "\\n\\n" + demos
+("Passage: c\\nQuestion: q\\nAnswer: a", blank-line separated) + "\\n\\n" + "Passage: c\\nQuestion: q\\n" +
+"Answer:" — with ``--use_chat_format`` the text is one user turn followed by the answer label. Greedy, at most 50
+new tokens, stopping at the first newline only without chat format; the answer is the stripped completion.
 
 Outputs in ``--save_dir``: ``tydiaqa_predictions.jsonl`` (open-instruct's file name) and ``metrics.json`` =
 ``{<lang>: {exact_match, f1}, ..., "average": {f1, exact_match}}`` in 0–100.
@@ -63,13 +64,16 @@ TEMPLATES_WITHOUT_CONTEXT = {
 }
 
 
-def load_squad_examples(path: Path) -> list[dict]:
-    """Flatten a SQuAD-format file into ``{id, lang, context, question, answers}`` records."""
+def load_squad_examples(path: Path, languages: set[str] | None = None) -> list[dict]:
+    """Flatten a SQuAD-format file into ``{id, lang, context, question, answers}`` records; with ``languages``
+    only those languages' questions are kept (upstream reads the train file's evaluated languages only)."""
     try:
         articles = json.loads(path.read_text(encoding="utf-8"))["data"]
         examples = [{"id": qa["id"], "lang": qa["id"].split("-")[0], "context": paragraph["context"],
                      "question": qa["question"], "answers": qa["answers"]}
                     for article in articles for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
+        if languages is not None:
+            examples = [ex for ex in examples if ex["lang"] in languages]
     except (json.JSONDecodeError, KeyError, TypeError, AttributeError):
         raise EvalError(f"{path}: not SQuAD-format JSON (data -> paragraphs -> qas with id/question/answers)") \
             from None
@@ -84,10 +88,18 @@ def load_squad_examples(path: Path) -> list[dict]:
     return examples
 
 
-def truncate_context(text: str, tokenizer, max_tokens: int) -> str:
-    """Keep the first ``max_tokens`` tokens of a passage (decoded back to text; no special tokens)."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    return tokenizer.decode(ids[:max_tokens]) if len(ids) > max_tokens else text
+def truncate_context(text: str, tokenizer, max_tokens: int, clean: bool = False) -> str:
+    """Cut a passage to ``max_tokens`` tokens, as upstream open-instruct does unless ``clean``.
+
+    Upstream encodes the passage *with* the tokenizer's special tokens (Llama: a leading BOS), keeps the first
+    ``max_tokens`` ids when there are more, and decodes them without skipping special tokens: a long passage then
+    keeps ``max_tokens - 1`` text tokens and starts with the literal BOS string (``"<s>"``), and that is what the
+    authors' prompts contain. ``clean`` counts and keeps text tokens only, so the cut passage has no BOS string.
+    """
+    ids = tokenizer.encode(text, add_special_tokens=not clean)
+    if len(ids) <= max_tokens:
+        return text
+    return tokenizer.decode(ids[:max_tokens], skip_special_tokens=clean)
 
 
 def build_prompt(example: dict, demos: list[dict], no_context: bool, formatter: Callable | None) -> str:
@@ -109,6 +121,45 @@ def build_prompt(example: dict, demos: list[dict], no_context: bool, formatter: 
     return chat_prompt(formatter, text, a_label) if formatter else text + a_label
 
 
+def build_prompts(args: argparse.Namespace, tokenizer) -> tuple[list[dict], list[str]]:
+    """The evaluated questions and their prompts, drawn and ordered as upstream.
+
+    One ``random.Random(42)`` stream: per language (sorted), a sample of ``--max_num_examples_per_lang`` questions
+    only where a language has more (the questions are then grouped by language; without the option they stay in
+    file order), then per language ``--n_shot`` demonstrations from the train file. Passages of questions and
+    demonstrations are cut by :func:`truncate_context`.
+    """
+    data_dir = Path(args.data_dir)
+    dev_file = data_dir / "tydiqa-goldp-v1.1-dev.json"
+    train_file = data_dir / "tydiqa-goldp-v1.1-train.json"
+    rng = random.Random(42)
+    test_data = load_squad_examples(dev_file)
+    languages = sorted({ex["lang"] for ex in test_data})
+    if args.max_num_examples_per_lang:
+        sampled = []
+        for lang in languages:
+            exs = [ex for ex in test_data if ex["lang"] == lang]
+            if len(exs) > args.max_num_examples_per_lang:
+                exs = rng.sample(exs, args.max_num_examples_per_lang)
+            sampled += exs
+        test_data = sampled
+    demos: dict[str, list[dict]] = {lang: [] for lang in languages}
+    if args.n_shot > 0:
+        train_data = load_squad_examples(train_file, set(languages))
+        for lang in languages:
+            pool = [ex for ex in train_data if ex["lang"] == lang]
+            if len(pool) < args.n_shot:
+                raise EvalError(f"{train_file} has {len(pool)} {lang} questions; --n_shot {args.n_shot} needs more")
+            demos[lang] = rng.sample(pool, args.n_shot)
+    logger.info("%d questions in %d languages: %s", len(test_data), len(languages), ", ".join(languages))
+    if args.max_context_length:
+        for ex in test_data + [d for ds in demos.values() for d in ds]:
+            ex["context"] = truncate_context(ex["context"], tokenizer, args.max_context_length,
+                                             clean=args.truncate_without_bos)
+    formatter = resolve_chat_formatter(args.chat_formatting_function, tokenizer) if args.use_chat_format else None
+    return test_data, [build_prompt(ex, demos[ex["lang"]], args.no_context, formatter) for ex in test_data]
+
+
 def main(args: argparse.Namespace) -> dict:
     check_model_args(args)
     if args.n_shot < 0:
@@ -117,34 +168,19 @@ def main(args: argparse.Namespace) -> dict:
     dev_file = data_dir / "tydiqa-goldp-v1.1-dev.json"
     train_file = data_dir / "tydiqa-goldp-v1.1-train.json"
     require_files([dev_file] + ([train_file] if args.n_shot > 0 else []), "TyDiQA")
-
-    rng = random.Random(42)
-    test_data = load_squad_examples(dev_file)
-    languages = sorted({ex["lang"] for ex in test_data})
-    by_lang = {lang: [ex for ex in test_data if ex["lang"] == lang] for lang in languages}
-    if args.max_num_examples_per_lang:
-        by_lang = {lang: rng.sample(exs, min(args.max_num_examples_per_lang, len(exs)))
-                   for lang, exs in by_lang.items()}
-    test_data = [ex for lang in languages for ex in by_lang[lang]]
-    demos: dict[str, list[dict]] = {lang: [] for lang in languages}
+    languages = {ex["lang"] for ex in load_squad_examples(dev_file)}  # bad data fails before the model loads
     if args.n_shot > 0:
-        train_data = load_squad_examples(train_file)
-        for lang in languages:
-            pool = [ex for ex in train_data if ex["lang"] == lang]
-            if len(pool) < args.n_shot:
-                raise EvalError(f"{train_file} has {len(pool)} {lang} questions; --n_shot {args.n_shot} needs more")
-            demos[lang] = rng.sample(pool, args.n_shot)
-    logger.info("%d questions in %d languages: %s", len(test_data), len(languages), ", ".join(languages))
+        train_data = load_squad_examples(train_file, languages)
+        for lang in sorted(languages):
+            if (count := sum(ex["lang"] == lang for ex in train_data)) < args.n_shot:
+                raise EvalError(f"{train_file} has {count} {lang} questions; --n_shot {args.n_shot} needs more")
 
     from eval.backends import make_backend
 
     backend = make_backend(args)
-    if args.max_context_length:
-        for ex in test_data + [d for ds in demos.values() for d in ds]:
-            ex["context"] = truncate_context(ex["context"], backend.tokenizer, args.max_context_length)
-    formatter = resolve_chat_formatter(args.chat_formatting_function, backend.tokenizer) \
-        if args.use_chat_format else None
-    prompts = [build_prompt(ex, demos[ex["lang"]], args.no_context, formatter) for ex in test_data]
+    test_data, prompts = build_prompts(args, backend.tokenizer)
+    languages = sorted({ex["lang"] for ex in test_data})
+    by_lang = {lang: [ex for ex in test_data if ex["lang"] == lang] for lang in languages}
     outputs = [o[0].strip() for o in backend.generate(prompts, args.max_new_tokens,
                                                       stop=None if args.use_chat_format else ["\n"],
                                                       batch_size=args.eval_batch_size)]
@@ -170,7 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n_shot", type=int, default=1, help="demonstrations per language (from the train file)")
     parser.add_argument("--no_context", action="store_true", help="closed-book: no passage in the prompt")
     parser.add_argument("--max_context_length", type=int, default=512,
-                        help="cut passages to this many tokens (0 = no cut)")
+                        help="cut passages to this many tokens (0 = no cut); as upstream, the count includes the "
+                             "BOS the tokenizer adds, and a cut passage starts with the BOS string")
+    parser.add_argument("--truncate_without_bos", action="store_true",
+                        help="cut passages to --max_context_length text tokens with no BOS string (a clean cut; "
+                             "not the authors' prompts)")
     add_model_args(parser, save_dir="results/tydiqa", max_new_tokens=MAX_NEW_TOKENS)
     return parser
 

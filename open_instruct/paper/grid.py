@@ -17,6 +17,8 @@ YAML layout (see ``configs/experiments/*.yaml``)::
       - {name: base, method: base}
       - {name: lora, method: lora, r: [8, 16], lr: [1.0e-4, 2.0e-4]}
       - {name: clora, method: prolora, r: 8, u: 1, m: 2, n: 2, rotation: false, label: "CLoRA (no rotation)"}
+    # PRoLoRA keys: u, m, n, rotation, rectified_init -- or ProLoraConfig's names for them (unshared_r,
+    # reduce_lora_A_x, reduce_lora_B_x, enable_lora_rotation), see open_instruct.peft_methods.PROLORA_SETTINGS
     summary: {task: mini, plot_columns: [ASDiv EM]}
     extends: common/base.yaml         # optional: a file (relative to this one) that this one is merged over
     smoke: {...}                      # deep-merged over the file with --smoke (fewer steps/examples, 1 seed);
@@ -28,7 +30,8 @@ Stages are subprocesses (``python -m <module> ...``) with their output in ``logs
 done when its marker ``.grid/<stage>.done`` exists *and* its output is there, so an interrupted grid resumes
 where it stopped (fine-tuning itself resumes from its last checkpoint). A failing stage is recorded in
 ``.grid/<stage>.failed``; a failed fine-tune or merge skips the rest of that cell (a failed eval only itself),
-the grid goes on and the failures are listed at the end. A ``base`` cell has no training: its evals run on the base model.
+the grid goes on and the failures are listed at the end. A ``base`` cell has no training: its evals run on the base
+model.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from __future__ import annotations
 import copy
 import itertools
 import logging
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -47,24 +52,30 @@ from typing import Callable, Optional
 import yaml
 from tqdm import tqdm
 
+from open_instruct.cli import UsageError, check_model_source, looks_local
 from open_instruct.io_utils import write_json
+from open_instruct.peft_methods import METHODS as REGISTRY
+from open_instruct.peft_methods import PROLORA_SETTINGS
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("base", "lora", "prolora", "vera", "tied_lora")
-LABELS = {"base": "base model", "lora": "LoRA", "prolora": "PRoLoRA", "vera": "VeRA", "tied_lora": "Tied-LoRA"}
+METHODS = ("base", *REGISTRY)
+LABELS = {"base": "base model", **{name: method.label for name, method in REGISTRY.items()}}
+# a PRoLoRA setting's config-field name -> the Cell field that holds it (u, m, n, rotation, rectified_init)
+SETTING_KEYS = {s.field: s.aliases[0] if s.aliases else s.field for s in PROLORA_SETTINGS}
 EXPANDABLE = ("r", "u", "m", "n", "lr", "alpha")
 CELL_KEYS = {"name", "method", "label", "rotation", "rectified_init", *EXPANDABLE}
 TOP_KEYS = {"name", "model", "output_dir", "seeds", "prepare", "train", "merge", "eval_args", "evals", "methods",
             "summary", "smoke", "modules", "extends"}
 DEFAULT_MODULES = {"finetune": "open_instruct.finetune", "merge": "open_instruct.merge_lora"}
 OFFLINE_SMOLLM2 = "offline:smollm2"
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding open_instruct/ and eval/
 
 # runner(command, log_file) -> exit status; the default runs a subprocess, tests inject a fake.
 Runner = Callable[[list[str], Path], int]
 
 
-class GridConfigError(ValueError):
+class GridConfigError(UsageError, ValueError):
     """A problem in the grid YAML, reported as one line naming the file and the offending value."""
 
 
@@ -150,7 +161,8 @@ def load_config(path, smoke: bool = False) -> dict:
     config = read_yaml(path)
     unknown = set(config) - TOP_KEYS
     if unknown:
-        raise GridConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; expected some of {sorted(TOP_KEYS)}")
+        raise GridConfigError(f"{path}: unknown top-level key(s) {sorted(unknown)}; "
+                              f"expected some of {sorted(TOP_KEYS)}")
     for key in ("model", "output_dir", "methods"):
         if key not in config:
             raise GridConfigError(f"{path}: missing required key {key!r}")
@@ -180,6 +192,10 @@ def expand_cells(config: dict) -> list[Cell]:
         where = f"{source}: methods[{index}]"
         if not isinstance(entry, dict) or "name" not in entry or "method" not in entry:
             raise GridConfigError(f"{where}: each method entry needs 'name' and 'method'")
+        spelled_twice = [k for k in entry if k in SETTING_KEYS and SETTING_KEYS[k] != k and SETTING_KEYS[k] in entry]
+        if spelled_twice:
+            raise GridConfigError(f"{where}: {spelled_twice[0]} and {SETTING_KEYS[spelled_twice[0]]} are one setting")
+        entry = {SETTING_KEYS.get(key, key): value for key, value in entry.items()}
         unknown = set(entry) - CELL_KEYS
         if unknown:
             raise GridConfigError(f"{where}: unknown key(s) {sorted(unknown)}; expected some of {sorted(CELL_KEYS)}")
@@ -199,6 +215,7 @@ def expand_cells(config: dict) -> list[Cell]:
             axes.setdefault("n", [1])
         for values in itertools.product(*axes.values()):
             point = dict(zip(axes, values))
+            check_point(point, where)
             for cell_seed in ([None] if method == "base" else seeds):
                 cells.append(Cell(name=entry["name"], method=method, label=entry.get("label", LABELS[method]),
                                   rotation=entry.get("rotation", True),
@@ -208,6 +225,77 @@ def expand_cells(config: dict) -> list[Cell]:
     if duplicates:
         raise GridConfigError(f"{source}: cells share folder names {duplicates}; give the entries different 'name's")
     return cells
+
+
+def check_point(point: dict, where: str) -> None:
+    """Types and ranges of one cell's hyper-parameters (r, m, n >= 1; 0 <= u <= r; lr, alpha > 0)."""
+    for key, value in point.items():
+        if key in ("r", "u", "m", "n"):
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "u" else 1):
+                raise GridConfigError(f"{where}: {key} must be an integer >= {0 if key == 'u' else 1}, got {value!r}")
+        elif not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            raise GridConfigError(f"{where}: {key} must be a number > 0, got {value!r}")
+    if point.get("u", 0) > point.get("r", point.get("u", 0)):
+        raise GridConfigError(f"{where}: u={point['u']} exceeds r={point['r']}")
+
+
+def check_commands(config: dict) -> None:
+    """What ``--dry_run`` adds: every module exists, and every stage's command line passes the module's own parser
+    (for the fine-tune also its flag checks, the PEFT config and, for a local model, the adapter geometry)."""
+    import contextlib
+    import importlib
+    import importlib.util
+    import io
+
+    source = config.get("_source", "grid config")
+    for key, allowed in (("merge", {"enabled", "keep_merged", "args"}), ("summary", {"task", "plot_columns"})):
+        unknown = set(config.get(key) or {}) - allowed
+        if unknown:
+            raise GridConfigError(f"{source}: unknown key(s) {sorted(unknown)} in '{key}'; expected some of "
+                                  f"{sorted(allowed)}")
+    for stage in prepare_stages(config):
+        if importlib.util.find_spec(stage.command[2]) is None:
+            raise GridConfigError(f"{source}: {stage.name}: no module {stage.command[2]!r}")
+    model = config["model"]
+    if model != OFFLINE_SMOLLM2 and looks_local(model):
+        check_model_source(model, f"{source}: model")
+    created = {str(Path(stage.output)) for stage in prepare_stages(config)}
+    for key in ("train_file", "eval_file"):
+        path = (config.get("train") or {}).get(key)
+        if path is not None and str(Path(path)) not in created and not Path(path).is_file():
+            raise GridConfigError(f"{source}: train.{key} {path}: no such file (and no prepare step creates it)")
+    model_config = Path(model) / "config.json"
+    parsed: dict[str, object] = {}
+    for cell in expand_cells(config):
+        for stage in cell_stages(config, cell, Path(config["output_dir"]) / cell.folder, model):
+            where = f"{source}: {cell.folder}/{stage.name}"
+            name, argv = stage.command[2], stage.command[3:]
+            try:
+                found = importlib.util.find_spec(name) is not None
+            except ImportError:
+                found = False
+            if not found:
+                raise GridConfigError(f"{where}: no module {name!r}")
+            if name not in parsed:
+                parsed[name] = importlib.import_module(name)
+            module = parsed[name]
+            stderr = io.StringIO()
+            try:
+                with contextlib.redirect_stderr(stderr):
+                    args = module.build_parser().parse_args(argv) if hasattr(module, "build_parser") else \
+                        module.parse_args(argv) if hasattr(module, "parse_args") else None
+                if args is not None and hasattr(module, "validate_args"):
+                    module.validate_args(args)
+                if args is not None and hasattr(module, "check_adapter_geometry") and model_config.is_file():
+                    if getattr(args, "use_lora", False):
+                        module.check_adapter_geometry(args, model_config.parent)
+            except SystemExit:
+                lines = stderr.getvalue().strip().splitlines()
+                message = lines[-1] if lines else "rejected by its parser"
+                message = re.sub(r" \(see \S+ --help\)$", "", re.sub(r"^(\S+: )?error: ", "", message))
+                raise GridConfigError(f"{where}: {message}") from None
+            except UsageError as err:
+                raise GridConfigError(f"{where}: {err}") from None
 
 
 def resolve_model(model: str) -> str:
@@ -247,19 +335,18 @@ def cell_stages(config: dict, cell: Cell, cell_dir: Path, model: str) -> list[St
             train["learning_rate"] = cell.lr
         if cell.alpha is not None:
             train["lora_alpha"] = cell.alpha
-        if cell.method == "vera":
+        if not REGISTRY[cell.method].has_alpha:
             train.pop("lora_alpha", None)  # VeRA has no alpha
         method_flags = {"use_lora": True, "peft_method": cell.method, "lora_rank": cell.r, "seed": cell.seed}
         if cell.method == "prolora":
-            method_flags.update(unshared_r=cell.u, reduce_lora_A_x=cell.m, reduce_lora_B_x=cell.n,
-                                no_lora_rotation=not cell.rotation, no_rectified_init=not cell.rectified_init)
+            method_flags.update({s.flag: s.flag_value(getattr(cell, SETTING_KEYS[s.field])) for s in PROLORA_SETTINGS})
         command = [*python, modules["finetune"], "--model_name_or_path", model, "--output_dir", str(cell_dir),
                    "--resume_from_checkpoint", "auto", *cli_flags({**train, **method_flags})]
         stages.append(Stage("finetune", command, cell_dir / "completed"))
         if merge["enabled"]:
             merged = cell_dir / "merged"
             command = [*python, modules["merge"], "--base_model_name_or_path", model,
-                       "--lora_model_name_or_path", str(cell_dir), "--output_dir", str(merged),
+                       "--lora_model_name_or_path", str(cell_dir), "--output_dir", str(merged), "--overwrite",
                        *cli_flags(merge.get("args"))]
             stages.append(Stage("merge", command, merged / "config.json"))
             eval_model_flags = ["--model_name_or_path", str(merged)]
@@ -278,12 +365,17 @@ def cell_stages(config: dict, cell: Cell, cell_dir: Path, model: str) -> list[St
 # ---------------------------------------------------------------------------------------------- running
 
 def subprocess_runner(command: list[str], log_file: Path) -> int:
-    """Run `command`, appending its stdout+stderr to `log_file`; returns the exit status."""
+    """Run `command`, appending its stdout+stderr to `log_file`; returns the exit status.
+
+    The checkout's root goes first on PYTHONPATH: `eval` (the evaluation package) is not installed, so
+    ``python -m eval.<task>.run_eval`` must find it there whatever the current directory is.
+    """
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p)}
     with open(log_file, "a", encoding="utf-8") as log:
         log.write(f"\n$ {' '.join(command)}\n")
         log.flush()
-        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
+        return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -340,6 +432,7 @@ def run_grid(config: dict, runner: Runner = subprocess_runner, summarize: bool =
     cells = expand_cells(config)
     result = GridResult(cells=len(cells))
     if dry_run:
+        check_commands(config)
         for stage in prepare_stages(config):
             print(f"[prepare] {stage.name}: {' '.join(stage.command)}")
         for cell in cells:
@@ -381,7 +474,7 @@ def run_config(config: dict, cell: Cell) -> dict:
     if cell.method != "base":
         train = config.get("train", {})
         record["lr"] = cell.lr if cell.lr is not None else train.get("learning_rate")
-        if cell.method != "vera":
+        if REGISTRY[cell.method].has_alpha:
             record["alpha"] = cell.alpha if cell.alpha is not None else train.get("lora_alpha")
     return record
 

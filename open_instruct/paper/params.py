@@ -1,6 +1,7 @@
 """Trainable-parameter counts of LoRA, PRoLoRA, VeRA and Tied-LoRA for a Llama-style model, without building it.
 
-Each method's count is a sum over the adapted projections of a decoder with L layers:
+Each method's count is a sum over the adapted projections of a decoder with L layers; the formulas are the
+methods' ``count_params`` in the registry (`open_instruct.peft_methods`):
 
 * LoRA      ``L * sum r (d_in + d_out)``
 * PRoLoRA   ``L * sum (r-u) ceil(d_in/m) + (r-u) ceil(d_out/n) + u (d_in + d_out)``  (`prolora.params`)
@@ -19,10 +20,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from prolora.params import lora_layer_params, prolora_layer_params
+from open_instruct.peft_methods import LLAMA_PROJECTIONS, prolora_setting
+from open_instruct.peft_methods import METHODS as _REGISTRY
 
-LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-METHODS = ("lora", "prolora", "vera", "tied_lora")
+METHODS = tuple(_REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def resolve_model_dims(spec: str) -> ModelDims:
         path = str(smollm2_path())
     config_file = Path(path) / "config.json" if os.path.isdir(path) else Path(path)
     if not config_file.is_file():
-        raise ValueError(f"unknown model {spec!r}: not one of {sorted(BUILTIN_MODELS)} and no config.json at {config_file}")
+        raise ValueError(f"unknown model {spec!r}: not one of {sorted(BUILTIN_MODELS)} "
+                         f"and no config.json at {config_file}")
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as err:
@@ -102,13 +104,15 @@ class MethodSpec:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; expected one of {METHODS}")
         if self.r < 1 or not 0 <= self.unshared_r <= self.r or self.m < 1 or self.n < 1:
-            raise ValueError(f"invalid hyper-parameters for {self.method}: r={self.r} u={self.unshared_r} m={self.m} n={self.n}")
+            raise ValueError(f"invalid hyper-parameters for {self.method}: "
+                             f"r={self.r} u={self.unshared_r} m={self.m} n={self.n}")
 
     @property
     def label(self) -> str:
+        label = _REGISTRY[self.method].label
         if self.method == "prolora":
-            return f"PRoLoRA (u={self.unshared_r}, m={self.m}, n={self.n})"
-        return {"lora": "LoRA", "vera": "VeRA", "tied_lora": "Tied-LoRA"}[self.method]
+            return f"{label} (u={self.unshared_r}, m={self.m}, n={self.n})"
+        return label
 
 
 def count_params(dims: ModelDims, spec: MethodSpec, modules=LLAMA_PROJECTIONS) -> int:
@@ -117,24 +121,26 @@ def count_params(dims: ModelDims, spec: MethodSpec, modules=LLAMA_PROJECTIONS) -
     unknown = [name for name in modules if name not in shapes]
     if unknown:
         raise ValueError(f"unknown projection(s) {unknown}; expected some of {LLAMA_PROJECTIONS}")
-    L, r = dims.num_layers, spec.r
-    if spec.method == "tied_lora":
-        shared = sum(r * (shapes[p][0] + shapes[p][1]) for p in modules)
-        return shared + L * sum(r + shapes[p][1] for p in modules)
-    per_layer = {
-        "lora": lambda d_in, d_out: lora_layer_params(d_in, d_out, r),
-        "prolora": lambda d_in, d_out: prolora_layer_params(d_in, d_out, r, spec.unshared_r, spec.m, spec.n),
-        "vera": lambda d_in, d_out: d_out + r,
-    }[spec.method]
-    return L * sum(per_layer(*shapes[p]) for p in modules)
+    adapted = {p: shapes[p] for p in modules}
+    for name, (d_in, d_out) in adapted.items():  # PRoLoRA cannot split a dimension into more chunks than it has
+        if spec.m > d_in or spec.n > d_out:
+            which, value, size = ("m", spec.m, f"input size {d_in}") if spec.m > d_in else \
+                ("n", spec.n, f"output size {d_out}")
+            raise ValueError(f"{spec.method}: {which}={value} is larger than {name}'s {size} in {dims.name}")
+    return _REGISTRY[spec.method].count_params(adapted, dims.num_layers, spec.r, spec.unshared_r, spec.m, spec.n)
 
 
 def parse_method_spec(text: str, r: int) -> MethodSpec:
-    """``"lora"``, ``"vera"``, ``"tied_lora"`` or ``"prolora:u=1:m=2:n=2"`` (missing keys: u=0, m=n=1) at rank r."""
+    """``"lora"``, ``"vera"``, ``"tied_lora"`` or ``"prolora:u=1:m=2:n=2"`` (missing keys: u=0, m=n=1) at rank r.
+
+    The keys may also be spelled as the config fields (``unshared_r``, ``reduce_lora_A_x``, ``reduce_lora_B_x``).
+    """
     name, *options = text.split(":")
     values = {"u": 0, "m": 1, "n": 1}
     for option in options:
         key, sep, value = option.partition("=")
+        setting = prolora_setting(key)
+        key = setting.aliases[0] if setting and setting.aliases else key
         if not sep or key not in values or not value.isdigit():
             raise ValueError(f"bad method option {option!r} in {text!r}; expected u=<int>, m=<int> or n=<int>")
         values[key] = int(value)
@@ -143,7 +149,8 @@ def parse_method_spec(text: str, r: int) -> MethodSpec:
     return MethodSpec(name, r, values["u"], values["m"], values["n"])
 
 
-def params_table(models: list[ModelDims], methods: list[str], ranks: list[int], modules=LLAMA_PROJECTIONS) -> list[dict]:
+def params_table(models: list[ModelDims], methods: list[str], ranks: list[int],
+                 modules=LLAMA_PROJECTIONS) -> list[dict]:
     """One row per (model, method, r) with the count and its ratio to LoRA at the same rank."""
     rows = []
     for dims in models:
@@ -159,8 +166,8 @@ def params_table(models: list[ModelDims], methods: list[str], ranks: list[int], 
 
 def rows_to_markdown(rows: list[dict]) -> str:
     header = "| model | method | r | trainable params | % of LoRA (same r) |\n|---|---|---:|---:|---:|\n"
-    body = "".join(f"| {row['model']} | {row['method']} | {row['r']} | {row['params']:,} | {100 * row['ratio_to_lora']:.2f} |\n"
-                   for row in rows)
+    body = "".join(f"| {row['model']} | {row['method']} | {row['r']} | {row['params']:,} | "
+                   f"{100 * row['ratio_to_lora']:.2f} |\n" for row in rows)
     return header + body
 
 

@@ -3,8 +3,9 @@
 A *run* is a folder holding ``run_config.json`` (written by the grid runner), ``all_results.json`` (finetune) or
 ``adapter_config.json``; its evaluations sit below it. Where each number lives is the single table
 `METRIC_SOURCES` (column, candidate paths relative to the run, candidate JSON key paths, scale); the first candidate
-path that exists wins, so both our layout (``eval/mmlu/metrics.json``) and the PRoLoRA authors' layout
-(``mmlu_results/metrics.json``, ``cot/``, ``no_cot/``, ``pass1/``, ``pass10/``) are read.
+path that exists wins, so both our layout (``eval/mmlu/metrics.json``) and the PRoLoRA authors' layout (their
+ft_*.sh save dirs: ``mmlu_results/``, ``tydiqa_results/``, ``gsm_results/``, ``bbh_results/{cot,no_cot}/``,
+``codex_eval_results/{pass1,pass10}/``, with the keys their *_summarize.py read) are read.
 
 Runs that differ only in their seed form one row: each cell is ``mean ± std`` (sample std) over the seeds that
 have the number, with ``(n=k)`` when fewer than the row's seeds do. A missing number is shown as "–", never
@@ -25,32 +26,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from open_instruct.peft_methods import METHODS
+
 MISSING = "–"
 COMPLETED_MARKER = "completed"
 RUN_FILES = ("run_config.json", "all_results.json", "adapter_config.json")
+
+
+KeyPath = str | tuple[str, ...]
 
 
 @dataclass(frozen=True)
 class MetricSource:
     column: str
     paths: tuple[str, ...]  # relative to the run folder; the first one that exists is read
-    keys: tuple[str, ...]  # dotted paths inside the JSON file; the first one present is used
+    keys: tuple[KeyPath, ...]  # key paths inside the JSON file (dotted, or a tuple of keys); the first present wins
     scale: float = 100.0  # multiply to get display units: percent for fractions, 1 for 0-100 or losses
 
 
+def _sources(ours: str, authors: str) -> tuple[str, str]:
+    """Our eval folder and the PRoLoRA authors' (their ft_*.sh save_dir under the run folder)."""
+    return f"eval/{ours}/metrics.json", f"{authors}/metrics.json"
+
+
+MMLU_FILES = _sources("mmlu", "mmlu_results")
 METRIC_SOURCES = (
-    MetricSource("MMLU", ("eval/mmlu/metrics.json", "mmlu_results/metrics.json"), ("average_acc",)),
-    MetricSource("MMLU STEM", ("eval/mmlu/metrics.json", "mmlu_results/metrics.json"), ("cat_acc.STEM",)),
-    MetricSource("MMLU hum.", ("eval/mmlu/metrics.json", "mmlu_results/metrics.json"), ("cat_acc.humanities",)),
-    MetricSource("MMLU soc.", ("eval/mmlu/metrics.json", "mmlu_results/metrics.json"), ("cat_acc.social sciences",)),
-    MetricSource("MMLU other", ("eval/mmlu/metrics.json", "mmlu_results/metrics.json"), ("cat_acc.other",)),
-    MetricSource("TyDiQA F1", ("eval/tydiqa/metrics.json", "tydiqa/metrics.json"), ("average.f1",), scale=1.0),
-    MetricSource("TyDiQA EM", ("eval/tydiqa/metrics.json", "tydiqa/metrics.json"), ("average.exact_match",), scale=1.0),
-    MetricSource("GSM8K", ("eval/gsm/metrics.json", "gsm/metrics.json"), ("exact_match",)),
-    MetricSource("BBH CoT", ("eval/bbh_cot/metrics.json", "cot/metrics.json"), ("average_exact_match",)),
-    MetricSource("BBH direct", ("eval/bbh_direct/metrics.json", "no_cot/metrics.json"), ("average_exact_match",)),
-    MetricSource("HumanEval P@1", ("eval/codex_pass1/metrics.json", "pass1/metrics.json"), ("pass@1",)),
-    MetricSource("HumanEval P@10", ("eval/codex_pass10/metrics.json", "pass10/metrics.json"), ("pass@10",)),
+    MetricSource("MMLU", MMLU_FILES, ("average_acc",)),
+    MetricSource("MMLU STEM", MMLU_FILES, ("cat_acc.STEM",)),
+    MetricSource("MMLU hum.", MMLU_FILES, ("cat_acc.humanities",)),
+    MetricSource("MMLU soc.", MMLU_FILES, ("cat_acc.social sciences",)),
+    # upstream's key (a name with dots, hence the tuple); "other" is what this project wrote before
+    MetricSource("MMLU other", MMLU_FILES, (("cat_acc", "other (business, health, misc.)"), "cat_acc.other")),
+    MetricSource("TyDiQA F1", _sources("tydiqa", "tydiqa_results"), ("average.f1",), scale=1.0),
+    MetricSource("TyDiQA EM", _sources("tydiqa", "tydiqa_results"), ("average.exact_match",), scale=1.0),
+    MetricSource("GSM8K", _sources("gsm", "gsm_results"), ("exact_match",)),
+    MetricSource("BBH CoT", _sources("bbh_cot", "bbh_results/cot"), ("average_exact_match",)),
+    MetricSource("BBH direct", _sources("bbh_direct", "bbh_results/no_cot"), ("average_exact_match",)),
+    MetricSource("HumanEval P@1", _sources("codex_pass1", "codex_eval_results/pass1"), ("pass@1",)),
+    MetricSource("HumanEval P@10", _sources("codex_pass10", "codex_eval_results/pass10"), ("pass@10",)),
     MetricSource("held-out loss", ("all_results.json",), ("eval_loss",), scale=1.0),
     MetricSource("ASDiv EM", ("eval/asdiv/metrics.json",), ("exact_match",)),
     MetricSource("BIG-bench acc", ("eval/bigbench/metrics.json",), ("accuracy", "average_exact_match")),
@@ -74,11 +87,12 @@ TASKS = {
     "superni": Task(("MMLU", "TyDiQA F1", "TyDiQA EM"), averaged=("MMLU", "TyDiQA F1")),
     "paper": Task(("MMLU", "TyDiQA F1", "GSM8K", "BBH CoT", "HumanEval P@1"),
                   averaged=("MMLU", "TyDiQA F1", "GSM8K", "BBH CoT", "HumanEval P@1")),
-    "mini": Task(("held-out loss", "ASDiv EM", "BIG-bench acc", "MMLU"), averaged=("ASDiv EM", "BIG-bench acc", "MMLU")),
+    "mini": Task(("held-out loss", "ASDiv EM", "BIG-bench acc", "MMLU"),
+                 averaged=("ASDiv EM", "BIG-bench acc", "MMLU")),
     "training": Task(("train loss", "held-out loss", "train time (h)")),
 }
 HPARAM_COLUMNS = ("r", "u", "m", "n", "alpha", "lr")
-PEFT_LABELS = {"LORA": "LoRA", "PROLORA": "PRoLoRA", "VERA": "VeRA", "TIED_LORA": "Tied-LoRA"}
+PEFT_LABELS = {method.peft_type: method.label for method in METHODS.values()}
 
 
 @dataclass
@@ -103,8 +117,8 @@ def _read_json(path: Path) -> Optional[dict]:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
-def _lookup(obj, dotted: str):
-    for part in dotted.split("."):
+def _lookup(obj, key: KeyPath):
+    for part in key.split(".") if isinstance(key, str) else key:
         if not isinstance(obj, dict) or part not in obj:
             return None
         obj = obj[part]

@@ -39,6 +39,11 @@ class TiedLoraConfig(PeftConfig):
     train_B: bool = field(default=True, metadata={"help": "Train the shared B (else it stays at its random init)."})
     train_u: bool = field(default=True, metadata={"help": "Train the per-layer rank-space vectors u (else all ones)."})
     train_v: bool = field(default=True, metadata={"help": "Train the per-layer output vectors v (else all ones)."})
+    init_weights: bool = field(
+        default=True,
+        metadata={"help": "True = dW starts at zero (one trainable factor zeroed). False = no factor zeroed (a "
+                  "non-identity adapter, as PEFT's other methods offer for tests/debugging)."},
+    )
     exclude_modules: Optional[Union[list[str], str]] = field(
         default=None, metadata={"help": "Module names or a regex to leave untouched."}
     )
@@ -56,24 +61,30 @@ class TiedLoraConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = TiedLoraPeftType.TIED_LORA
-        self.target_modules = set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
-        self.exclude_modules = set(self.exclude_modules) if isinstance(self.exclude_modules, list) else self.exclude_modules
+        for name in ("target_modules", "exclude_modules"):  # PEFT's convention: a list of names becomes a set
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, set(getattr(self, name)))
         if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
             raise ValueError(f"TiedLoraConfig: r must be an int >= 1, got r={self.r!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"TiedLoraConfig: lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.bias != "none":
             raise ValueError(f"TiedLoraConfig: bias must be 'none' (Tied-LoRA trains no biases), got {self.bias!r}")
+        if not isinstance(self.init_weights, bool):
+            raise ValueError(f"TiedLoraConfig: init_weights must be True or False, got {self.init_weights!r}")
         if not (self.train_A or self.train_B or self.train_u or self.train_v):
             raise ValueError("TiedLoraConfig: at least one of train_A, train_B, train_u, train_v must be True")
 
     @property
-    def zero_init_factor(self) -> str:
-        """The factor initialised to zero so that dW = 0 at step 0: the first trainable one of B, v, u, A.
+    def zero_init_factor(self) -> Optional[str]:
+        """The factor initialised to zero so that dW = 0 at step 0: the first trainable one of B, v, u, A
+        (None with ``init_weights=False``).
 
         Zeroing a trainable factor while the other three are non-zero keeps its gradient non-zero, so training
         can start (with everything trainable this is LoRA's rule: B = 0).
         """
+        if not self.init_weights:
+            return None
         for name in ("B", "v", "u", "A"):
             if getattr(self, f"train_{name}"):
                 return name

@@ -23,8 +23,14 @@ the optimizer sees it once. The tuner strips these references when saving (see `
 
 Initialisation keeps dW = 0 at step 0: A is Kaiming-uniform with fan_in = d_in (LoRA's A), a frozen B is
 Kaiming-uniform with fan_in = r, vectors are ones, and the first trainable factor of (B, v, u, A) is zeroed.
-Adapter weights are float32 whatever the base dtype; the input is cast to float32 and the output back. The base
-layer may be a bitsandbytes 4/8-bit linear (QLoRA); merging then dequantizes, adds dW and re-quantizes.
+``init_weights=False`` (for tests and debugging, as PEFT's methods) zeroes nothing: A and B are both
+Kaiming-uniform and u, v are drawn from U(0.5, 1.5), so the adapter is not an identity.
+
+Dtype, as PEFT's contract: adapter weights are created in the base layer's dtype (float32 for a quantized base);
+``get_peft_model(..., autocast_adapter_dtype=True)`` (PEFT's default) then upcasts float16/bfloat16 ones to float32
+— for the shared pair once, on the tuner, so the layers stay tied. The input is cast to the adapter's dtype and
+the output back. The base layer may be a bitsandbytes 4/8-bit linear (QLoRA); merging then dequantizes, adds dW
+and re-quantizes.
 """
 
 from __future__ import annotations
@@ -35,38 +41,47 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
+from peft.utils import resolve_quantization_backend
 from torch import nn
 
-from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
-from peft.utils import resolve_quantization_backend
-
 from open_instruct.tied_lora.config import TiedLoraConfig
+from prolora.mixed_batch import check_forward_args, sub_batches
+from prolora.peft_compat import get_in_out_features, is_supported_linear
+
+
+def _init_vector(config: TiedLoraConfig, name: str, size: int, device, dtype) -> torch.Tensor:
+    """u or v: zeros if it is the factor that makes dW = 0, ones otherwise; U(0.5, 1.5) with init_weights=False."""
+    if not config.init_weights:
+        return torch.empty(size, device=device, dtype=dtype).uniform_(0.5, 1.5)
+    fill = 0.0 if config.zero_init_factor == name else 1.0
+    return torch.full((size,), fill, device=device, dtype=dtype)
 
 
 def uniform_fan_in_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
-    """nn.Linear's default init (Kaiming-uniform, a = sqrt(5)) for a given fan-in: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    """nn.Linear's default init (Kaiming-uniform, a = sqrt(5)) for a given fan-in:
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     bound = 1.0 / math.sqrt(fan_in)
     with torch.no_grad():
         return tensor.uniform_(-bound, bound)
 
 
-def init_shared_pair(config: TiedLoraConfig, d_in: int, d_out: int, device=None) -> tuple[nn.Parameter, nn.Parameter]:
-    """Fresh shared (A (r, d_in), B (d_out, r)) for one projection group, float32, initialised as described above."""
-    A = torch.zeros(config.r, d_in, device=device, dtype=torch.float32)
-    B = torch.zeros(d_out, config.r, device=device, dtype=torch.float32)
+def adapter_dtype(base_layer: nn.Module) -> torch.dtype:
+    """The dtype new adapter weights get: the base weight's if it is floating point, else (quantized) the default."""
+    dtype = base_layer.weight.dtype
+    return dtype if dtype.is_floating_point else torch.get_default_dtype()
+
+
+def init_shared_pair(config: TiedLoraConfig, d_in: int, d_out: int, device=None,
+                     dtype: Optional[torch.dtype] = None) -> tuple[nn.Parameter, nn.Parameter]:
+    """Fresh shared (A (r, d_in), B (d_out, r)) for one projection group, initialised as described above."""
+    A = torch.zeros(config.r, d_in, device=device, dtype=dtype)
+    B = torch.zeros(d_out, config.r, device=device, dtype=dtype)
     if config.zero_init_factor != "A":
         uniform_fan_in_(A, d_in)
     if config.zero_init_factor != "B":
         uniform_fan_in_(B, config.r)
     return nn.Parameter(A, requires_grad=config.train_A), nn.Parameter(B, requires_grad=config.train_B)
-
-
-def is_supported_linear(module: nn.Module) -> bool:
-    """An nn.Linear, or a quantized linear layer PEFT knows how to (de)quantize (bitsandbytes 4/8-bit, ...)."""
-    if isinstance(module, nn.Linear):
-        return True
-    backend = resolve_quantization_backend(module)
-    return backend is not None and backend.layer_type == "linear"
 
 
 class TiedLoraLayer(BaseTunerLayer):
@@ -93,7 +108,7 @@ class TiedLoraLayer(BaseTunerLayer):
         self.quantization_backend = resolve_quantization_backend(base)
         if not is_supported_linear(base):
             raise TypeError(f"Tied-LoRA only adapts (optionally quantized) linear layers, got {type(base).__name__}")
-        self.in_features, self.out_features = _get_in_out_features(base)
+        self.in_features, self.out_features = get_in_out_features(base)
         self.kwargs = kwargs
 
     def update_layer(self, adapter_name: str, shared_A: nn.Parameter, shared_B: nn.Parameter, shared_key: str,
@@ -101,10 +116,11 @@ class TiedLoraLayer(BaseTunerLayer):
         """Attach adapter `adapter_name`: reference the shared pair and create this layer's u and v."""
         if shared_A.shape != (config.r, self.in_features) or shared_B.shape != (self.out_features, config.r):
             raise ValueError(
-                f"shared pair {shared_key!r} has shapes A {tuple(shared_A.shape)}, B {tuple(shared_B.shape)}; this layer "
-                f"needs A ({config.r}, {self.in_features}), B ({self.out_features}, {config.r})"
+                f"shared pair {shared_key!r} has shapes A {tuple(shared_A.shape)}, B {tuple(shared_B.shape)}; "
+                f"this layer needs A ({config.r}, {self.in_features}), B ({self.out_features}, {config.r})"
             )
-        device = self.get_base_layer().weight.device  # a quantized weight still reports its device
+        base = self.get_base_layer()
+        device, dtype = base.weight.device, adapter_dtype(base)  # a quantized weight still reports its device
         self.r[adapter_name] = config.r
         self.lora_alpha[adapter_name] = config.lora_alpha
         self.scaling[adapter_name] = config.lora_alpha / config.r
@@ -112,14 +128,23 @@ class TiedLoraLayer(BaseTunerLayer):
         self.lora_dropout[adapter_name] = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self.tied_lora_A[adapter_name] = shared_A
         self.tied_lora_B[adapter_name] = shared_B
-        u = torch.zeros(config.r, device=device) if config.zero_init_factor == "u" else torch.ones(config.r, device=device)
-        v = torch.zeros(self.out_features, device=device) if config.zero_init_factor == "v" else torch.ones(self.out_features, device=device)
-        self.tied_lora_u[adapter_name] = nn.Parameter(u)
-        self.tied_lora_v[adapter_name] = nn.Parameter(v)
+        self.tied_lora_u[adapter_name] = nn.Parameter(_init_vector(config, "u", config.r, device, dtype))
+        self.tied_lora_v[adapter_name] = nn.Parameter(_init_vector(config, "v", self.out_features, device, dtype))
 
         frozen = tuple(f"tied_lora_{name}" for name in "ABuv" if not getattr(config, f"train_{name}"))
         self.frozen_peft_weight_names = {**self.frozen_peft_weight_names, adapter_name: frozen}
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
+
+    def _move_adapter_to_device_of_base_layer(self, adapter_name: str, device=None) -> None:
+        """PEFT's move to the base layer's device/dtype, for this layer's own u and v only: the shared A and B
+        belong to the tuner, and replacing this layer's reference with a moved copy would untie it."""
+        shared = [(part, getattr(self, part).pop(adapter_name)) for part in ("tied_lora_A", "tied_lora_B")
+                  if adapter_name in getattr(self, part)]
+        try:
+            super()._move_adapter_to_device_of_base_layer(adapter_name, device)
+        finally:
+            for part, param in shared:
+                getattr(self, part)[adapter_name] = param
 
     def low_rank_factors(self, adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(A', B') with dW = B' @ A': A' = diag(u) A of shape (r, d_in), B' = s * diag(v) B of shape (d_out, r)."""
@@ -128,7 +153,7 @@ class TiedLoraLayer(BaseTunerLayer):
         return A, B
 
     def get_delta_weight(self, adapter: str) -> torch.Tensor:
-        """dW (d_out, d_in) = s * diag(v) B diag(u) A, in float32."""
+        """dW (d_out, d_in) = s * diag(v) B diag(u) A, in the adapter's dtype."""
         A, B = self.low_rank_factors(adapter)
         return B @ A
 
@@ -147,7 +172,7 @@ class TiedLoraLayer(BaseTunerLayer):
     def unmerge(self) -> None:
         """Subtract merged adapters again, last merged first."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         while self.merged_adapters:
             adapter = self.merged_adapters.pop()
@@ -170,23 +195,40 @@ class Linear(nn.Module, TiedLoraLayer):
         self.update_layer(adapter_name, shared_A, shared_B, shared_key, config)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """x (..., d_in) -> (..., d_out): the base output plus every active adapter's scaled low-rank update."""
+        """x (..., d_in) -> (..., d_out): the base output plus every active adapter's scaled low-rank update
+        (with ``adapter_names``, one per row, each row's own adapter instead: `_mixed_batch_forward`)."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        check_forward_args(self, x, adapter_names)
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         result = self.base_layer(x, *args, **kwargs)
         if self.merged:
             return result
         if self.quantization_backend is not None:
             result = self.quantization_backend.maybe_clone_base_result(result)  # 4-bit outputs may be views
         for adapter in self.active_adapters:
-            if adapter not in self.tied_lora_u:
-                continue
-            A = self.tied_lora_A[adapter]
-            h = F.linear(self.lora_dropout[adapter](x.to(A.dtype)), A) * self.tied_lora_u[adapter]  # (..., r)
-            delta = F.linear(h, self.tied_lora_B[adapter]) * (self.scaling[adapter] * self.tied_lora_v[adapter])
-            result = result + delta.to(result.dtype)
+            if adapter in self.tied_lora_u:
+                result = result + self._delta(adapter, x).to(result.dtype)
+        return result
+
+    def _delta(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
+        """``s * diag(v) B diag(u) A dropout(x)`` for ``x (..., d_in)``, in the adapter's dtype (float32)."""
+        A = self.tied_lora_A[adapter]
+        h = F.linear(self.lora_dropout[adapter](x.to(A.dtype)), A) * self.tied_lora_u[adapter]  # (..., r)
+        return F.linear(h, self.tied_lora_B[adapter]) * (self.scaling[adapter] * self.tied_lora_v[adapter])
+
+    def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
+        """Each row of ``x`` gets the update of the adapter named for it (``"__base__"``: none)."""
+        result = self.base_layer(x, *args, **kwargs)
+        if self.quantization_backend is not None:
+            result = self.quantization_backend.maybe_clone_base_result(result)
+        for adapter, rows in sub_batches(adapter_names, x.device):
+            if adapter in self.tied_lora_u:
+                result.index_add_(0, rows, self._delta(adapter, x[rows]).to(result.dtype))
         return result
 
     def __repr__(self) -> str:

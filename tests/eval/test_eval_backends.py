@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from eval_helpers import build_tiny_llama
 
 from eval.backends import (
     VLLM_MISSING,
@@ -18,7 +19,6 @@ from eval.backends import (
     make_backend,
 )
 from eval.common import EvalError
-from eval_helpers import build_tiny_llama, tiny_model_dir  # noqa: F401  (fixture)
 
 PROMPTS = ["The capital of France is", "Hi", "Question: what is 2+2?\nAnswer:"]
 
@@ -111,7 +111,7 @@ def test_prolora_adapter_loading_matches_merged_model(tiny_model_dir, tmp_path):
                                    reduce_lora_A_x=2, reduce_lora_B_x=2)
     peft_model = get_peft_model(build_tiny_llama(), config)
     torch.manual_seed(1)
-    for name, param in peft_model.named_parameters():
+    for param in peft_model.parameters():
         if param.requires_grad:  # B starts at zero: give every adapter tensor values so the delta is visible
             param.data.normal_(0, 0.5)
     adapter_dir, merged = _save_adapter_and_merged(peft_model, tmp_path)
@@ -151,14 +151,15 @@ def test_use_vllm_without_vllm_is_one_clear_error(monkeypatch, tiny_model_dir, c
         make_backend(args)
     assert str(err.value) == VLLM_MISSING and str(err.value).startswith("--use_vllm needs vLLM: pip install vllm")
 
+    from eval_helpers import FIXTURES
+
     from eval.common import cli_main
     from eval.gsm import run_eval as gsm
-    from eval_helpers import FIXTURES
 
     with pytest.raises(SystemExit) as exit_info:
         cli_main(gsm.main, gsm.build_parser(), ["--data_dir", str(FIXTURES / "gsm"), "--model_name_or_path",
                                                  str(tiny_model_dir), "--use_vllm", "--save_dir", "/nonexistent"])
-    assert exit_info.value.code == "error: " + VLLM_MISSING
+    assert exit_info.value.code == 2 and capsys.readouterr().err.strip() == "error: " + VLLM_MISSING
 
 
 def test_load_in_8bit_with_lora_adapter(tiny_model_dir, tmp_path):

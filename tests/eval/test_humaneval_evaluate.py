@@ -91,7 +91,8 @@ def test_refuses_without_opt_in(tmp_path, monkeypatch, capsys):
     argv = ["--data_file", str(PROBLEMS_FILE), "--samples_file", str(samples), "--save_dir", str(tmp_path / "o")]
     with pytest.raises(SystemExit) as exit_info:
         cli_main(main, build_parser(), argv)
-    message = str(exit_info.value)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err.strip()
     assert message.startswith("error: refusing to execute model-generated code") and "\n" not in message
     assert "--allow_code_execution" in message and "HF_ALLOW_CODE_EVAL=1" in message
     assert not (tmp_path / "o").exists()
@@ -108,7 +109,7 @@ def test_reads_gzipped_data_and_reports_bad_input(tmp_path):
     broken = tmp_path / "broken.jsonl"
     lines = PROBLEMS_FILE.read_text().splitlines()
     broken.write_text(lines[0] + "\n" + lines[1][:40] + "\n")
-    with pytest.raises(EvalError, match=rf"{broken}:2: malformed JSON"):
+    with pytest.raises(EvalError, match=rf"{broken}:2: invalid JSON"):
         read_problems(broken)
     no_test = tmp_path / "no_test.jsonl"
     no_test.write_text(json.dumps({"task_id": "x", "prompt": "p", "entry_point": "f"}) + "\n")

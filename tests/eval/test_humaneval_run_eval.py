@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from finetune_helpers import make_tiny_checkpoint
 
 from eval.codex_humaneval.run_eval import build_parser, build_prompt, main
 from eval.common import EvalError, cli_main
 from eval.templates import resolve_chat_formatter
-from finetune_helpers import make_tiny_checkpoint
 
 PROBLEMS_FILE = Path(__file__).resolve().parents[1] / "fixtures" / "humaneval" / "problems.jsonl"
 PROMPT = "def f(x):\n    \"\"\"Double x.\"\"\"\n"
@@ -35,11 +35,16 @@ def test_defaults_match_open_instruct():
     assert (args.timeout, args.chat_formatting_function, args.eval_batch_size) == (3.0, "tulu", 1)
 
 
-def test_refusals_come_before_loading_anything(tmp_path, monkeypatch):
+def test_refusals_come_before_loading_anything(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
-    model = str(tmp_path / "no_such_model")
-    with pytest.raises(SystemExit, match="^error: refusing to execute model-generated code"):
+    model_dir = tmp_path / "unloaded_model"  # a folder that passes the path check but holds no weights
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text("{}")
+    model = str(model_dir)
+    with pytest.raises(SystemExit) as exit_info:
         cli_main(main, build_parser(), ["--model_name_or_path", model, "--save_dir", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: refusing to execute model-generated code")
     with pytest.raises(EvalError, match=r"--unbiased_sampling_size_n 5 must be >= the largest k"):
         main(parse("--model_name_or_path", model, "--eval_pass_at_ks", "1", "10", "--unbiased_sampling_size_n", "5",
                    "--allow_code_execution"))

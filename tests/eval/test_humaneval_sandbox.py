@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from eval.codex_humaneval.evaluate import evaluate_samples, read_problems
 from eval.codex_humaneval import execution
+from eval.codex_humaneval.evaluate import evaluate_samples, read_problems
 from eval.codex_humaneval.execution import SandboxLimits, check_correctness, run_program
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,9 +8,10 @@ from accelerate import Accelerator
 from peft import get_peft_model
 
 sys.path.insert(0, sys.argv[2])
-from conftest import make_tiny_llama  # noqa: E402
+from helpers.models import make_tiny_llama  # noqa: E402
 
 import prolora as P  # noqa: E402
+from open_instruct.peft_methods import LLAMA_PROJECTIONS  # noqa: E402
 
 out = sys.argv[1]
 accelerator = Accelerator()
@@ -18,7 +19,7 @@ torch.manual_seed(0)
 model = get_peft_model(
     make_tiny_llama(hidden_size=72, intermediate_size=98),
     P.ProLoraConfig(r=8, unshared_r=1, reduce_lora_A_x=2, reduce_lora_B_x=3,
-                    target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+                    target_modules=list(LLAMA_PROJECTIONS)),
 )
 optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
 data = torch.utils.data.DataLoader(torch.randint(0, 128, (8, 12)), batch_size=4)

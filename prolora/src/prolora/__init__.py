@@ -9,8 +9,8 @@ from prolora.config import ProLoraConfig, ProLoraPeftType
 from prolora.export import export_as_lora
 from prolora.layer import Linear, ProLoraLayer
 from prolora.model import ProLoraModel
-from prolora.peft_compat import register_peft_type
 from prolora.params import count_adapter_params, lora_layer_params, prolora_layer_params
+from prolora.peft_compat import register_peft_type
 from prolora.rebuild import rebuild_A, rebuild_B
 
 register_peft_type(ProLoraPeftType.PROLORA, ProLoraConfig, ProLoraModel)

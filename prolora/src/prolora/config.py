@@ -37,8 +37,12 @@ class ProLoraConfig(PeftConfig):
         },
     )
     unshared_r: int = field(default=0, metadata={"help": "u: ranks kept unshared (partially-sharing refinement)."})
-    reduce_lora_A_x: int = field(default=1, metadata={"help": "m: copies of the A chunk along d_in (A is shrunk m times)."})
-    reduce_lora_B_x: int = field(default=1, metadata={"help": "n: copies of the B chunk along d_out (B is shrunk n times)."})
+    reduce_lora_A_x: int = field(
+        default=1, metadata={"help": "m: copies of the A chunk along d_in (A is shrunk m times)."}
+    )
+    reduce_lora_B_x: int = field(
+        default=1, metadata={"help": "n: copies of the B chunk along d_out (B is shrunk n times)."}
+    )
     enable_lora_rotation: bool = field(
         default=True, metadata={"help": "Rotate each copy's rank index by k*stride; False gives the CLoRA ablation."}
     )
@@ -51,6 +55,11 @@ class ProLoraConfig(PeftConfig):
     rectified_init: bool = field(
         default=True,
         metadata={"help": "Kaiming fan = full d_in for A (rectified). False = the chunk width as fan (ablation)."},
+    )
+    init_weights: bool = field(
+        default=True,
+        metadata={"help": "True = the paper's init (B parts zero: the adapter starts as a no-op). False = B parts "
+                  "random as well (a non-identity adapter, as PEFT's other methods offer for tests/debugging)."},
     )
     exclude_modules: Optional[Union[list[str], str]] = field(
         default=None, metadata={"help": "Module names or a regex to leave untouched."}
@@ -69,8 +78,9 @@ class ProLoraConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = ProLoraPeftType.PROLORA
-        self.target_modules = set(self.target_modules) if isinstance(self.target_modules, list) else self.target_modules
-        self.exclude_modules = set(self.exclude_modules) if isinstance(self.exclude_modules, list) else self.exclude_modules
+        for name in ("target_modules", "exclude_modules"):  # PEFT's convention: a list of names becomes a set
+            if isinstance(getattr(self, name), list):
+                setattr(self, name, set(getattr(self, name)))
         self._validate()
 
     def _validate(self) -> None:
@@ -88,13 +98,15 @@ class ProLoraConfig(PeftConfig):
         require(self.reduce_lora_B_x >= 1, f"reduce_lora_B_x (n) must be >= 1, got {self.reduce_lora_B_x}")
         for name in ("lora_A_shift_size", "lora_B_shift_size"):
             value = getattr(self, name)
-            require(value is None or (isinstance(value, int) and value >= 0), f"{name} must be None or >= 0, got {value!r}")
+            require(value is None or (isinstance(value, int) and value >= 0),
+                    f"{name} must be None or >= 0, got {value!r}")
             require(
                 value is None or self.enable_lora_rotation,
                 f"{name}={value} has no effect with enable_lora_rotation=False",
             )
         require(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         require(self.bias == "none", f"bias must be 'none' (PRoLoRA trains no biases), got {self.bias!r}")
+        require(isinstance(self.init_weights, bool), f"init_weights must be True or False, got {self.init_weights!r}")
 
     @property
     def shared_r(self) -> int:
@@ -105,6 +117,8 @@ class ProLoraConfig(PeftConfig):
         """Rotation strides (s_A, s_B) actually used: 0 when rotation is disabled."""
         if not self.enable_lora_rotation:
             return 0, 0
-        s_A = self.lora_A_shift_size if self.lora_A_shift_size is not None else default_stride(self.shared_r, self.reduce_lora_A_x)
-        s_B = self.lora_B_shift_size if self.lora_B_shift_size is not None else default_stride(self.shared_r, self.reduce_lora_B_x)
-        return s_A, s_B
+        def stride(shift_size: Optional[int], copies: int) -> int:
+            return shift_size if shift_size is not None else default_stride(self.shared_r, copies)
+
+        return (stride(self.lora_A_shift_size, self.reduce_lora_A_x),
+                stride(self.lora_B_shift_size, self.reduce_lora_B_x))

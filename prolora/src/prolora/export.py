@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import re
@@ -36,14 +37,28 @@ _PEFT_PREFIX = "base_model.model."
 
 @contextlib.contextmanager
 def _atomic_output_dir(path: Path):
-    """Build the adapter in a temporary sibling folder and rename it into place: never a half-written adapter."""
+    """Build the adapter in a temporary sibling folder and rename it into place: never a half-written adapter.
+
+    An existing folder at ``path`` is moved aside first and deleted only once the new one is in place. Files get
+    the umask's usual permissions (mkdtemp makes the folder 0700 and safetensors writes 0600).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        for child in tmp.iterdir():
+            os.chmod(child, 0o666 & ~mask)
+        os.chmod(tmp, 0o777 & ~mask)
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -64,7 +79,8 @@ def _target_modules(peft_model: nn.Module, adapted: list[str]) -> list[str] | st
 
 
 @torch.no_grad()
-def export_as_lora(peft_model, output_dir: str | Path, adapter_name: str = "default", dtype: torch.dtype | None = None) -> Path:
+def export_as_lora(peft_model, output_dir: str | Path, adapter_name: str = "default",
+                   dtype: torch.dtype | None = None) -> Path:
     """Write ``adapter_name`` of a PRoLoRA ``PeftModel`` to ``output_dir`` as a vanilla LoRA adapter.
 
     The folder gets ``adapter_config.json`` (``peft_type: LORA``, same ``r``/``lora_alpha``/dropout) and
@@ -109,32 +125,94 @@ def export_as_lora(peft_model, output_dir: str | Path, adapter_name: str = "defa
     with _atomic_output_dir(output_dir) as tmp:
         lora_config.save_pretrained(str(tmp))
         save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
-    logger.info("exported %d PRoLoRA layers of adapter %r as vanilla LoRA to %s", len(adapted), adapter_name, output_dir)
+    logger.info("exported %d PRoLoRA layers of adapter %r as vanilla LoRA to %s", len(adapted), adapter_name,
+                output_dir)
     return output_dir
 
 
+class _UsageError(Exception):
+    """Bad input to the CLI: reported as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _check_cli_inputs(args) -> None:
+    """The adapter folder and the output folder, before any model is loaded."""
+    adapter_dir = Path(args.adapter_dir)
+    config_file = adapter_dir / "adapter_config.json"
+    if not adapter_dir.is_dir():
+        raise _UsageError(f"--adapter_dir {args.adapter_dir}: no such folder")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise _UsageError(f"--adapter_dir {args.adapter_dir}: no adapter_config.json there") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise _UsageError(f"{config_file}: not valid JSON ({err})") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "PROLORA":
+        found = config.get("peft_type") if isinstance(config, dict) else None
+        raise _UsageError(f"--adapter_dir {args.adapter_dir}: a {found} adapter, not PRoLoRA (nothing to export)")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if weights.is_file():
+        try:
+            from safetensors import safe_open
+
+            with safe_open(str(weights), framework="pt") as f:
+                f.keys()
+        except Exception as err:  # noqa: BLE001 - safetensors' own error type for a corrupt file
+            raise _UsageError(f"{weights}: corrupt safetensors file ({str(err).splitlines()[0]})") from None
+    base = args.base_model_name_or_path
+    if Path(base).exists() or base.startswith(("/", ".", "~")) or base.count("/") > 1:
+        if not (Path(base).expanduser() / "config.json").is_file():
+            raise _UsageError(f"--base_model_name_or_path {base}: no model folder (config.json) there")
+
+    out, src = Path(args.output_dir).resolve(), adapter_dir.resolve()
+    if out == src or src.is_relative_to(out) or out.is_relative_to(src):
+        raise _UsageError(f"--output_dir {args.output_dir}: is, contains or lies inside --adapter_dir "
+                          f"{args.adapter_dir}; choose a folder outside it")
+    if out.exists() and not out.is_dir():
+        raise _UsageError(f"--output_dir {args.output_dir}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.overwrite:
+        raise _UsageError(f"--output_dir {args.output_dir}: folder is not empty; pass --overwrite to replace it")
+    parent = out if out.is_dir() else out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK) or not os.access(out.parent if out.parent.exists() else parent, os.W_OK):
+        raise _UsageError(f"--output_dir {args.output_dir}: {parent} is not writable")
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Export a PRoLoRA adapter as an equivalent vanilla PEFT LoRA adapter.")
+    # prolora is a library of its own and does not import the harness (open_instruct), so this CLI carries its
+    # own few lines of the harness's convention (open_instruct.cli): bad input → exit status 2, one `error:` line.
+    parser = _Parser(description="Export a PRoLoRA adapter as an equivalent vanilla PEFT LoRA adapter.")
     parser.add_argument("--base_model_name_or_path", required=True, help="base model the adapter was trained on")
     parser.add_argument("--adapter_dir", required=True, help="folder with the PRoLoRA adapter (adapter_config.json)")
-    parser.add_argument("--output_dir", required=True, help="where to write the LoRA adapter")
+    parser.add_argument("--output_dir", required=True, help="where to write the LoRA adapter (a new or empty folder)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty --output_dir")
     parser.add_argument("--adapter_name", default="default")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="dtype of the written LoRA factors")
     parser.add_argument("--token", default=None, help="hub token for gated base models (or set HF_TOKEN)")
     args = parser.parse_args(argv)
+    try:
+        _check_cli_inputs(args)
+    except _UsageError as err:
+        parser.exit(2, f"error: {err}\n")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    import prolora  # noqa: F401  (registers the PEFT type)
-
-    adapter_config = Path(args.adapter_dir) / "adapter_config.json"
-    if not adapter_config.exists():
-        parser.error(f"--adapter_dir {args.adapter_dir}: no adapter_config.json there")
     base = AutoModelForCausalLM.from_pretrained(args.base_model_name_or_path, dtype=torch.float32, token=args.token)
-    model = PeftModel.from_pretrained(base, args.adapter_dir, adapter_name=args.adapter_name)
+    try:
+        model = PeftModel.from_pretrained(base, args.adapter_dir, adapter_name=args.adapter_name)
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        parser.exit(2, f"error: --adapter_dir {args.adapter_dir}: the adapter does not fit --base_model_name_or_path "
+                       f"{args.base_model_name_or_path} (tensor shapes differ)\n")
     out = export_as_lora(model, args.output_dir, adapter_name=args.adapter_name, dtype=getattr(torch, args.dtype))
     print(out)
 

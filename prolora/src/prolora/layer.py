@@ -7,14 +7,25 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from peft.tuners.tuners_utils import BaseTunerLayer, _get_in_out_features, check_adapters_to_merge
+from peft.tuners.tuners_utils import BaseTunerLayer, check_adapters_to_merge
 from peft.utils import resolve_quantization_backend
 from peft.utils.integrations import gather_params_ctx
+from torch import nn
 
 from prolora.config import ProLoraConfig
-from prolora.rebuild import chunk_width, init_A_, init_B_, prolora_delta, rebuild_A, rebuild_B
+from prolora.mixed_batch import check_forward_args, sub_batches
+from prolora.peft_compat import get_in_out_features
+from prolora.rebuild import (
+    Chunks,
+    Geometry,
+    chunk_width,
+    gather_index,
+    init_A_,
+    init_B_,
+    prolora_delta,
+    rebuild_A,
+    rebuild_B,
+)
 
 
 class ProLoraLayer(BaseTunerLayer):
@@ -49,7 +60,7 @@ class ProLoraLayer(BaseTunerLayer):
         self._disable_adapters = False
         self.merged_adapters = []
         # Dims come from module attributes (never from weight.shape: ZeRO-3 partitions weights to shape (0,)).
-        in_features, out_features = _get_in_out_features(self.get_base_layer())
+        in_features, out_features = get_in_out_features(self.get_base_layer())
         if in_features is None or out_features is None:
             raise TypeError(f"PRoLoRA supports linear layers only, got {type(self.get_base_layer()).__name__}")
         self.in_features, self.out_features = in_features, out_features
@@ -73,22 +84,28 @@ class ProLoraLayer(BaseTunerLayer):
         if u > 0:
             self.prolora_A_unshared[adapter_name] = nn.Parameter(torch.empty(u, self.in_features))
             self.prolora_B_unshared[adapter_name] = nn.Parameter(torch.empty(self.out_features, u))
-        self.reset_parameters(adapter_name, rectified=config.rectified_init)
+        self.reset_parameters(adapter_name, rectified=config.rectified_init, init_weights=config.init_weights)
         self._move_adapter_to_device_of_base_layer(adapter_name)
         self.set_adapter(self.active_adapters, inference_mode=inference_mode)
 
-    def reset_parameters(self, adapter_name: str, rectified: bool = True) -> None:
-        """Rectified Kaiming-uniform for A0 and A_u (fan = d_in), zeros for B0 and B_u."""
+    def reset_parameters(self, adapter_name: str, rectified: bool = True, init_weights: bool = True) -> None:
+        """Rectified Kaiming-uniform for A0 and A_u (fan = d_in); zeros for B0 and B_u, or with
+        ``init_weights=False`` Kaiming-uniform with fan r (a non-identity adapter, for tests and debugging)."""
         for name in ("prolora_A", "prolora_A_unshared"):
             if adapter_name in getattr(self, name):
                 init_A_(getattr(self, name)[adapter_name], self.in_features, rectified=rectified)
         for name in ("prolora_B", "prolora_B_unshared"):
             if adapter_name in getattr(self, name):
-                init_B_(getattr(self, name)[adapter_name])
+                init_B_(getattr(self, name)[adapter_name], self.r[adapter_name], zero=init_weights)
 
-    def _chunks(self, adapter_name: str) -> tuple[Optional[nn.Parameter], ...]:
-        """``(A0, B0, A_u, B_u)`` of ``adapter_name``; ``None`` where a part has size zero."""
-        return tuple(getattr(self, name).get(adapter_name) for name in self.adapter_layer_names)
+    def _chunks(self, adapter_name: str) -> Chunks:
+        """`Chunks` ``(A0, B0, A_u, B_u)`` of ``adapter_name``; ``None`` where a part has size zero."""
+        return Chunks(*(getattr(self, name).get(adapter_name) for name in self.adapter_layer_names))
+
+    def geometry(self, adapter_name: str) -> Geometry:
+        """The `Geometry` (d_in, d_out, m, n, s_A, s_B) that rebuilds ``adapter_name``'s A and B on this layer."""
+        (m, n), (s_A, s_B) = self.copies[adapter_name], self.strides[adapter_name]
+        return Geometry(self.in_features, self.out_features, m, n, s_A, s_B)
 
     def _adapter_params(self, adapter_name: str) -> list[nn.Parameter]:
         return [p for p in self._chunks(adapter_name) if p is not None]
@@ -97,13 +114,15 @@ class ProLoraLayer(BaseTunerLayer):
         return adapter_name in self.r
 
     def rebuild(self, adapter_name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The full ``A`` ``(r, d_in)`` and ``B`` ``(d_out, r)`` of ``adapter_name``, differentiable w.r.t. the chunks."""
-        (m, n), (s_A, s_B) = self.copies[adapter_name], self.strides[adapter_name]
-        A0, B0, A_u, B_u = self._chunks(adapter_name)
-        return rebuild_A(A0, A_u, self.in_features, m, s_A), rebuild_B(B0, B_u, self.out_features, n, s_B)
+        """The full ``A`` ``(r, d_in)`` and ``B`` ``(d_out, r)`` of ``adapter_name``, differentiable w.r.t. the
+        chunks."""
+        chunks, geometry = self._chunks(adapter_name), self.geometry(adapter_name)
+        return (rebuild_A(chunks.A0, chunks.A_u, geometry.in_features, geometry.m, geometry.s_A),
+                rebuild_B(chunks.B0, chunks.B_u, geometry.out_features, geometry.n, geometry.s_B))
 
     def get_delta_weight(self, adapter_name: str) -> torch.Tensor:
-        """``(alpha / r) B A`` as a ``(d_out, d_in)`` tensor in the adapter's dtype (fp32 math for half types on CPU)."""
+        """``(alpha / r) B A`` as a ``(d_out, d_in)`` tensor in the adapter's dtype (fp32 math for half types on
+        CPU)."""
         A, B = self.rebuild(adapter_name)
         dtype = A.dtype
         if A.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
@@ -142,7 +161,7 @@ class Linear(nn.Module, ProLoraLayer):
     def unmerge(self) -> None:
         """Subtract the merged adapters again, newest first."""
         if not self.merged:
-            warnings.warn("Already unmerged. Nothing to do.")
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
             return
         while self.merged_adapters:
             name = self.merged_adapters.pop()
@@ -151,12 +170,20 @@ class Linear(nn.Module, ProLoraLayer):
                 self.set_base_weight(weight - self.get_delta_weight(name).to(weight.device, weight.dtype))
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        """``x (..., d_in) -> (..., d_out)``: ``W0 x + sum over active adapters of (alpha/r) B A dropout(x)``."""
+        """``x (..., d_in) -> (..., d_out)``: ``W0 x + sum over active adapters of (alpha/r) B A dropout(x)``.
+
+        With ``adapter_names`` (one per row of ``x``; injected by `ProLoraModel`'s mixed-batch hooks) each row gets
+        the update of its own adapter instead (see `_mixed_batch_forward`).
+        """
+        adapter_names = kwargs.pop("adapter_names", None)
+        check_forward_args(self, x, adapter_names)
         previous_dtype = x.dtype
         if self.disable_adapters:
             if self.merged:
                 self.unmerge()
             return self.base_layer(x, *args, **kwargs)
+        if adapter_names is not None:
+            return self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs).to(previous_dtype)
         result = self.base_layer(x, *args, **kwargs)
         if self.merged:
             return result
@@ -180,6 +207,62 @@ class Linear(nn.Module, ProLoraLayer):
                 delta = prolora_delta(h, A0, A_u, B0, B_u, geometry, self.scaling[name])
             result = result + delta
         return result.to(previous_dtype)
+
+    def rebuild_stacked(self, adapter_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A`` ``(k, r, d_in)`` and ``B`` ``(k, d_out, r)`` of k adapters of one `_stack_key` (same r, u, m, n,
+        strides), rebuilt together: their chunks are stacked and one gather per factor expands all of them."""
+        geometry = self.geometry(adapter_names[0])
+        A0, B0, A_u, B_u = (torch.stack([part[name] for name in adapter_names]) if adapter_names[0] in part else None
+                            for part in (getattr(self, attr) for attr in self.adapter_layer_names))
+        A_parts, B_parts = [], []
+        if A0 is not None:
+            k, shared_r, width = A0.shape
+            index = gather_index("A", shared_r, width, geometry.in_features, geometry.s_A, A0.device)
+            A_parts.append(A0.reshape(k, -1).index_select(1, index).view(k, shared_r, geometry.in_features))
+            width = B0.shape[1]
+            index = gather_index("B", shared_r, width, geometry.out_features, geometry.s_B, B0.device)
+            B_parts.append(B0.reshape(k, -1).index_select(1, index).view(k, geometry.out_features, shared_r))
+        if A_u is not None:
+            A_parts.append(A_u)
+            B_parts.append(B_u)
+        return torch.cat(A_parts, dim=1), torch.cat(B_parts, dim=2)
+
+    def _stack_key(self, adapter_name: str) -> tuple:
+        """Adapters with equal keys can be rebuilt together by `rebuild_stacked`."""
+        return (self.r[adapter_name], self.unshared_r[adapter_name], self.geometry(adapter_name),
+                self._adapter_params(adapter_name)[0].dtype)
+
+    def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
+        """Rows of ``x`` named ``"__base__"`` (or an adapter this layer lacks) get ``W0 x`` only; the others add
+        their adapter's update. A and B of each adapter in the batch are rebuilt once, for all its rows.
+
+        Adapters of one geometry are rebuilt together (`rebuild_stacked`) and each row then multiplies with its
+        own A and B in one batched matmul, so the work per layer does not grow with the number of adapters.
+        """
+        result = self.base_layer(x, *args, **kwargs)
+        if self.quantization_backend is not None:
+            result = self.quantization_backend.maybe_clone_base_result(result)
+        groups: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+        for name, rows in sub_batches(adapter_names, x.device):
+            if self.has_adapter(name):
+                groups.setdefault(self._stack_key(name), []).append((name, rows))
+        for members in groups.values():
+            if len(members) == 1 or self.training:  # dropout is only active in training: one adapter at a time
+                for name, rows in members:
+                    A, B = self.rebuild(name)
+                    h = self.prolora_dropout[name](self._cast_input_dtype(x[rows], A.dtype))
+                    delta = F.linear(F.linear(h, A), B) * self.scaling[name]
+                    result.index_add_(0, rows, delta.to(result.dtype))
+                continue
+            A, B = self.rebuild_stacked([name for name, _ in members])
+            rows = torch.cat([r for _, r in members])
+            which = torch.cat([torch.full_like(r, i) for i, (_, r) in enumerate(members)])  # row -> adapter
+            scale = torch.tensor([self.scaling[name] for name, _ in members], dtype=A.dtype, device=A.device)
+            h = self._cast_input_dtype(x[rows], A.dtype).reshape(len(rows), -1, self.in_features)
+            h = torch.bmm(h, A[which].transpose(1, 2))  # (rows, tokens, r)
+            delta = torch.bmm(h, B[which].transpose(1, 2)) * scale[which].view(-1, 1, 1)  # (rows, tokens, d_out)
+            result.index_add_(0, rows, delta.view(len(rows), *result.shape[1:]).to(result.dtype))
+        return result
 
     def __repr__(self) -> str:
         return "prolora." + super().__repr__()

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-from torch import nn
+from contextlib import contextmanager
 
-from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer, _get_in_out_features
-from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, resolve_quantization_backend
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 
 from prolora.config import ProLoraConfig
 from prolora.layer import Linear, ProLoraLayer
-
-
-def _is_supported(module: nn.Module) -> bool:
-    if isinstance(module, nn.Linear):
-        return True
-    backend = resolve_quantization_backend(module)
-    return backend is not None and backend.layer_type == "linear"
+from prolora.mixed_batch import adapter_names_hooks
+from prolora.peft_compat import LORA_TARGET_MODULES_MAPPING, get_in_out_features, is_supported_linear
 
 
 class ProLoraModel(BaseTuner):
@@ -31,22 +25,25 @@ class ProLoraModel(BaseTuner):
 
     prefix: str = "prolora_"
     tuner_layer_cls = ProLoraLayer
-    target_module_mapping = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    target_module_mapping = LORA_TARGET_MODULES_MAPPING
 
-    def _create_and_replace(self, config: ProLoraConfig, adapter_name, target, target_name, parent, current_key, **kwargs):
+    def _create_and_replace(self, config: ProLoraConfig, adapter_name, target, target_name, parent, current_key,
+                            **kwargs):
         base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
-        if not _is_supported(base):
+        if not is_supported_linear(base):
             raise TypeError(
                 f"PRoLoRA target module '{current_key}' is a {type(base).__name__}; only linear layers are supported"
             )
-        in_features, out_features = _get_in_out_features(base)
+        in_features, out_features = get_in_out_features(base)
         if config.reduce_lora_A_x > in_features:
             raise ValueError(
-                f"reduce_lora_A_x={config.reduce_lora_A_x} exceeds in_features={in_features} of target module '{current_key}'"
+                f"reduce_lora_A_x={config.reduce_lora_A_x} exceeds in_features={in_features} "
+                f"of target module '{current_key}'"
             )
         if config.reduce_lora_B_x > out_features:
             raise ValueError(
-                f"reduce_lora_B_x={config.reduce_lora_B_x} exceeds out_features={out_features} of target module '{current_key}'"
+                f"reduce_lora_B_x={config.reduce_lora_B_x} exceeds out_features={out_features} "
+                f"of target module '{current_key}'"
             )
         if isinstance(target, ProLoraLayer):
             target.update_layer(adapter_name, config)
@@ -55,3 +52,10 @@ class ProLoraModel(BaseTuner):
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)  # a newly added, inactive adapter is not trained
         self._replace_module(parent, target_name, new_module, target)
+
+    @contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """PEFT enters this around every forward/generate: routes ``adapter_names=[...]`` (mixed batches) to the
+        layers, with LoRA's checks (see `prolora.mixed_batch`)."""
+        with adapter_names_hooks(self, ProLoraLayer, **kwargs):
+            yield

@@ -45,8 +45,7 @@ def count_adapter_params(model: nn.Module, config) -> int:
     if not dims:
         raise ValueError(f"no linear module of the model matches target_modules={config.target_modules!r}")
     if hasattr(config, "unshared_r"):
-        return sum(
-            prolora_layer_params(d_in, d_out, config.r, config.unshared_r, config.reduce_lora_A_x, config.reduce_lora_B_x)
-            for d_in, d_out in dims.values()
-        )
+        m, n = config.reduce_lora_A_x, config.reduce_lora_B_x
+        u = config.unshared_r
+        return sum(prolora_layer_params(d_in, d_out, config.r, u, m, n) for d_in, d_out in dims.values())
     return sum(lora_layer_params(d_in, d_out, config.r) for d_in, d_out in dims.values())

@@ -41,14 +41,39 @@ Special cases: ``m = n = 1`` (one copy, no rotation) or ``u = r`` (no shared ran
 Initialisation ("rectified"): ``A0`` and ``A_u`` are Kaiming-uniform with ``a = sqrt(5)`` (``nn.Linear``'s default)
 but with the fan set to the *full* ``d_in``, i.e. ``U(-1/sqrt(d_in), 1/sqrt(d_in))`` — so the rebuilt ``A`` has the
 same statistics as a vanilla LoRA ``A``. Without rectification (ablation) the chunk's own width ``c_A`` is the fan,
-giving a ``sqrt(m)`` times larger bound. ``B0`` and ``B_u`` start at zero, so the adapter starts as a no-op.
+giving a ``sqrt(m)`` times larger bound. ``B0`` and ``B_u`` start at zero, so the adapter starts as a no-op
+(``init_weights=False`` draws them like an ``nn.Linear`` with fan ``r`` instead, PEFT's non-identity init for tests).
+
+Two named tuples carry the pieces around: `Chunks` (the trainable tensors, in the order the layer stores them) and
+`Geometry` (the integers that fix the rebuild of one layer).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple, Optional
 
 import torch
+
+
+class Chunks(NamedTuple):
+    """The trainable tensors of one adapter on one layer; ``None`` where a part has size zero (u = 0 or u = r)."""
+
+    A0: Optional[torch.Tensor]  # (r', c_A)
+    B0: Optional[torch.Tensor]  # (c_B, r')
+    A_u: Optional[torch.Tensor]  # (u, d_in)
+    B_u: Optional[torch.Tensor]  # (d_out, u)
+
+
+class Geometry(NamedTuple):
+    """What, besides the chunks, fixes the rebuilt A (r, d_in) and B (d_out, r) of one layer."""
+
+    in_features: int  # d_in
+    out_features: int  # d_out
+    m: int  # copies of the A chunk along d_in (reduce_lora_A_x)
+    n: int  # copies of the B chunk along d_out (reduce_lora_B_x)
+    s_A: int  # rotation stride of A (0 = no rotation)
+    s_B: int  # rotation stride of B
 
 
 def chunk_width(features: int, copies: int) -> int:
@@ -61,12 +86,13 @@ def default_stride(shared_r: int, copies: int) -> int:
     return max(shared_r // copies, 1)
 
 
-def _gather_index_cpu(kind: str, shared_r: int, width: int, features: int, copies: int, stride: int) -> torch.Tensor:
+def _gather_index_cpu(kind: str, shared_r: int, width: int, features: int, stride: int) -> torch.Tensor:
     """Flat index into the chunk's storage that yields the whole shared block in one gather.
 
     ``kind == "A"``: chunk ``A0 (r', c_A)``, result ``(r', d_in)`` with ``[i, x] = A0[(i + k*s) mod r', x - k*c_A]``.
     ``kind == "B"``: chunk ``B0 (c_B, r')``, result ``(d_out, r')`` with ``[o, i] = B0[o - k*c_B, (i + k*s) mod r']``.
-    (``k`` is the copy that column ``x`` / row ``o`` falls in.)
+    (``k = x // c_A`` / ``o // c_B`` is the copy that column ``x`` / row ``o`` falls in, so the chunk width and
+    the number of features fix the copies.)
     """
     pos = torch.arange(features)
     k, j = pos // width, pos % width  # copy index and offset inside the copy
@@ -80,49 +106,61 @@ def _gather_index_cpu(kind: str, shared_r: int, width: int, features: int, copie
 _INDEX_CACHE: dict[tuple, torch.Tensor] = {}
 
 
-def gather_index(kind: str, shared_r: int, width: int, features: int, copies: int, stride: int,
+def gather_index(kind: str, shared_r: int, width: int, features: int, stride: int,
                  device: torch.device) -> torch.Tensor:
     """Cached `_gather_index_cpu` on ``device``: built once per geometry and device, never per step."""
-    key = (kind, shared_r, width, features, copies, stride, device)
+    key = (kind, shared_r, width, features, stride, device)
     index = _INDEX_CACHE.get(key)
     if index is None:
-        index = _INDEX_CACHE[key] = _gather_index_cpu(kind, shared_r, width, features, copies, stride).to(device)
+        index = _INDEX_CACHE[key] = _gather_index_cpu(kind, shared_r, width, features, stride).to(device)
     return index
 
 
-def rebuild_A(A0: torch.Tensor | None, A_u: torch.Tensor | None, in_features: int, copies: int, stride: int) -> torch.Tensor:
+def _check_width(name: str, width: int, features: int, copies: int) -> None:
+    if width != chunk_width(features, copies):
+        raise ValueError(f"{name} chunk has width {width}; {copies} copies over {features} features need "
+                         f"ceil({features}/{copies}) = {chunk_width(features, copies)}")
+
+
+def rebuild_A(A0: torch.Tensor | None, A_u: torch.Tensor | None, in_features: int, copies: int,
+              stride: int) -> torch.Tensor:
     """Full ``A`` ``(r, d_in)`` from the shared chunk ``A0`` ``(r', c_A)`` and the unshared rows ``A_u`` ``(u, d_in)``.
 
-    Either part may be ``None`` (``r' = 0`` or ``u = 0``). Differentiable w.r.t. both parts.
+    Either part may be ``None`` (``r' = 0`` or ``u = 0``). Differentiable w.r.t. both parts. ``copies`` (m) is
+    checked against the chunk's width.
     """
     parts = []
     if A0 is not None:
         shared_r, width = A0.shape
-        index = gather_index("A", shared_r, width, in_features, copies, stride, A0.device)
+        _check_width("A0", width, in_features, copies)
+        index = gather_index("A", shared_r, width, in_features, stride, A0.device)
         parts.append(A0.reshape(-1).index_select(0, index).view(shared_r, in_features))
     if A_u is not None:
         parts.append(A_u)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
-def rebuild_B(B0: torch.Tensor | None, B_u: torch.Tensor | None, out_features: int, copies: int, stride: int) -> torch.Tensor:
-    """Full ``B`` ``(d_out, r)`` from the shared chunk ``B0`` ``(c_B, r')`` and the unshared columns ``B_u`` ``(d_out, u)``."""
+def rebuild_B(B0: torch.Tensor | None, B_u: torch.Tensor | None, out_features: int, copies: int,
+              stride: int) -> torch.Tensor:
+    """Full ``B`` ``(d_out, r)`` from the shared chunk ``B0`` ``(c_B, r')`` and the unshared columns ``B_u``
+    ``(d_out, u)``; the counterpart of `rebuild_A`."""
     parts = []
     if B0 is not None:
         width, shared_r = B0.shape
-        index = gather_index("B", shared_r, width, out_features, copies, stride, B0.device)
+        _check_width("B0", width, out_features, copies)
+        index = gather_index("B", shared_r, width, out_features, stride, B0.device)
         parts.append(B0.reshape(-1).index_select(0, index).view(out_features, shared_r))
     if B_u is not None:
         parts.append(B_u)
     return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
 
-def fold_A_grad(dA: torch.Tensor, A0: torch.Tensor | None, A_u: torch.Tensor | None, copies: int, stride: int):
+def fold_A_grad(dA: torch.Tensor, A0: torch.Tensor | None, A_u: torch.Tensor | None, stride: int):
     """Map a gradient w.r.t. the full ``A`` ``(r, d_in)`` back onto ``(A0, A_u)`` (the adjoint of `rebuild_A`)."""
     shared_r = 0 if A0 is None else A0.shape[0]
     dA0 = dA_u = None
     if A0 is not None:
-        index = gather_index("A", shared_r, A0.shape[1], dA.shape[1], copies, stride, A0.device)
+        index = gather_index("A", shared_r, A0.shape[1], dA.shape[1], stride, A0.device)
         flat = torch.zeros(A0.numel(), dtype=dA.dtype, device=dA.device)
         dA0 = flat.index_add_(0, index, dA[:shared_r].reshape(-1)).view_as(A0)
     if A_u is not None:
@@ -130,12 +168,12 @@ def fold_A_grad(dA: torch.Tensor, A0: torch.Tensor | None, A_u: torch.Tensor | N
     return dA0, dA_u
 
 
-def fold_B_grad(dB: torch.Tensor, B0: torch.Tensor | None, B_u: torch.Tensor | None, copies: int, stride: int):
+def fold_B_grad(dB: torch.Tensor, B0: torch.Tensor | None, B_u: torch.Tensor | None, stride: int):
     """Map a gradient w.r.t. the full ``B`` ``(d_out, r)`` back onto ``(B0, B_u)`` (the adjoint of `rebuild_B`)."""
     shared_r = 0 if B0 is None else B0.shape[1]
     dB0 = dB_u = None
     if B0 is not None:
-        index = gather_index("B", shared_r, B0.shape[0], dB.shape[0], copies, stride, B0.device)
+        index = gather_index("B", shared_r, B0.shape[0], dB.shape[0], stride, B0.device)
         flat = torch.zeros(B0.numel(), dtype=dB.dtype, device=dB.device)
         dB0 = flat.index_add_(0, index, dB[:, :shared_r].contiguous().reshape(-1)).view_as(B0)
     if B_u is not None:
@@ -151,10 +189,14 @@ def init_A_(tensor: torch.Tensor, in_features: int, rectified: bool = True) -> t
         return tensor.uniform_(-bound, bound)
 
 
-def init_B_(tensor: torch.Tensor) -> torch.Tensor:
-    """B parts start at zero so the adapter is a no-op at step 0."""
+def init_B_(tensor: torch.Tensor, r: int, zero: bool = True) -> torch.Tensor:
+    """In place: zeros (the paper: the adapter is a no-op at step 0), or with ``zero=False`` Kaiming-uniform with
+    fan ``r`` (an ``nn.Linear(r, d_out)``'s init, as PEFT's ``init_lora_weights=False``) for a non-identity adapter."""
     with torch.no_grad():
-        return tensor.zero_()
+        if zero:
+            return tensor.zero_()
+        bound = 1.0 / math.sqrt(r)
+        return tensor.uniform_(-bound, bound)
 
 
 def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
@@ -171,10 +213,9 @@ class _ProLoraDelta(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, scale, geometry, A0, A_u, B0, B_u):
-        in_features, out_features, m, n, s_A, s_B = geometry
-        A = rebuild_A(A0, A_u, in_features, m, s_A)
-        B = rebuild_B(B0, B_u, out_features, n, s_B)
+    def forward(ctx, x, scale, geometry: Geometry, A0, A_u, B0, B_u):
+        A = rebuild_A(A0, A_u, geometry.in_features, geometry.m, geometry.s_A)
+        B = rebuild_B(B0, B_u, geometry.out_features, geometry.n, geometry.s_B)
         h = x @ A.t()
         ctx.scale, ctx.geometry = scale, geometry
         ctx.autocast = (x.device.type, *_autocast_state(x.device.type))
@@ -184,27 +225,27 @@ class _ProLoraDelta(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, h, A0, A_u, B0, B_u = ctx.saved_tensors
-        in_features, out_features, m, n, s_A, s_B = ctx.geometry
+        geometry: Geometry = ctx.geometry
         device_type, autocast_on, autocast_dtype = ctx.autocast
-        A = rebuild_A(A0, A_u, in_features, m, s_A)
-        B = rebuild_B(B0, B_u, out_features, n, s_B)
+        A = rebuild_A(A0, A_u, geometry.in_features, geometry.m, geometry.s_A)
+        B = rebuild_B(B0, B_u, geometry.out_features, geometry.n, geometry.s_B)
         with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
             dy = dy * ctx.scale
             dh = dy @ B  # (..., r)
             dx = dh @ A if ctx.needs_input_grad[0] else None
             dB = dy.reshape(-1, dy.shape[-1]).t() @ h.reshape(-1, h.shape[-1])  # (d_out, r)
             dA = dh.reshape(-1, dh.shape[-1]).t() @ x.reshape(-1, x.shape[-1])  # (r, d_in)
-        dA0, dA_u = fold_A_grad(dA.to(A.dtype), A0, A_u, m, s_A)
-        dB0, dB_u = fold_B_grad(dB.to(B.dtype), B0, B_u, n, s_B)
+        dA0, dA_u = fold_A_grad(dA.to(A.dtype), A0, A_u, geometry.s_A)
+        dB0, dB_u = fold_B_grad(dB.to(B.dtype), B0, B_u, geometry.s_B)
         if dx is not None:
             dx = dx.to(x.dtype)
         return dx, None, None, dA0, dA_u, dB0, dB_u
 
 
-def prolora_delta(x, A0, A_u, B0, B_u, geometry: tuple[int, int, int, int, int, int], scale: float) -> torch.Tensor:
+def prolora_delta(x, A0, A_u, B0, B_u, geometry: Geometry, scale: float) -> torch.Tensor:
     """``scale * B A x`` for ``x (..., d_in)`` -> ``(..., d_out)``, with A and B rebuilt from the chunks.
 
-    ``geometry`` is ``(d_in, d_out, m, n, s_A, s_B)``. Same value and gradients as
-    ``F.linear(F.linear(x, rebuild_A(...)), rebuild_B(...)) * scale``, but with LoRA's activation memory.
+    ``geometry`` is a `Geometry` (a plain ``(d_in, d_out, m, n, s_A, s_B)`` tuple is accepted). Same value and
+    gradients as ``F.linear(F.linear(x, rebuild_A(...)), rebuild_B(...)) * scale``, but with LoRA's activation memory.
     """
-    return _ProLoraDelta.apply(x, scale, geometry, A0, A_u, B0, B_u)
+    return _ProLoraDelta.apply(x, scale, Geometry(*geometry), A0, A_u, B0, B_u)

@@ -1,0 +1,173 @@
+"""A results folder for the repository: summary table, paired comparison, plots and provenance in one place.
+
+    python scripts/report_results.py output/mini_smollm2_cpu --task mini --output_dir docs/results/mini_smollm2_cpu
+
+writes into ``--output_dir``:
+
+* ``summary.md`` — how the numbers were made (commit, hardware, wall time, run count), the summarizer's table
+  (`open_instruct.paper.summarize`), and the paired comparison: for every seed that both rows have, the
+  difference PRoLoRA − LoRA of each score, then mean ± sample std over seeds. Runs with the same seed share the
+  data order and the evaluation examples, so the paired difference removes what the seeds have in common.
+* ``summary.csv`` — the table, numbers only; ``runs.csv`` — one line per run folder;
+* ``efficiency_<column>.png`` — score vs trainable parameters for the first score column of the task, and
+  ``loss_curves.png`` — training and held-out loss of the completed runs (`open_instruct.paper.plots`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from open_instruct.io_utils import write_text
+from open_instruct.paper import plots
+from open_instruct.paper.summarize import (
+    TASKS,
+    Run,
+    Task,
+    _fmt,
+    find_run_dirs,
+    mean_std,
+    read_run,
+    runs_csv,
+    summarize_runs,
+    table_records,
+    to_csv,
+    to_markdown,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Which runs make up one side of a paired comparison: a table label and hyper-parameters it must have."""
+
+    label: str
+    hparams: tuple[tuple[str, object], ...] = ()
+
+    def matches(self, run: Run) -> bool:
+        return run.label == self.label and all(run.hparams.get(k) == v for k, v in self.hparams)
+
+    def __str__(self) -> str:
+        return self.label + "".join(f" {k}={v}" for k, v in self.hparams)
+
+
+# The paper's headline comparisons: PRoLoRA r=8 (56% of LoRA r=8's parameters) against LoRA of the same rank,
+# and against LoRA r=4 (about PRoLoRA's budget).
+DEFAULT_PAIRS = (
+    (Selector("PRoLoRA", (("r", 8), ("u", 1), ("m", 2), ("n", 2))), Selector("LoRA", (("r", 8),))),
+    (Selector("PRoLoRA", (("r", 8), ("u", 1), ("m", 2), ("n", 2))), Selector("LoRA r=4 (PRoLoRA's budget)",
+                                                                              (("r", 4),))),
+)
+
+
+def paired_differences(runs: list[Run], a: Selector, b: Selector, columns) -> dict[str, dict]:
+    """Per column: {"by_seed": {seed: a − b}, "mean", "std", "n"} over the seeds where both sides have the number.
+
+    Each side must have at most one run per seed (several would make the pairing ambiguous: ValueError).
+    """
+    sides = []
+    for selector in (a, b):
+        by_seed: dict[int, Run] = {}
+        for run in runs:
+            if selector.matches(run) and run.seed is not None:
+                if run.seed in by_seed:
+                    raise ValueError(f"two runs of {selector} with seed {run.seed}: {by_seed[run.seed].path}, "
+                                     f"{run.path}")
+                by_seed[run.seed] = run
+        sides.append(by_seed)
+    result = {}
+    for column in columns:
+        diffs = {seed: sides[0][seed].metrics[column] - sides[1][seed].metrics[column]
+                 for seed in sorted(set(sides[0]) & set(sides[1]))
+                 if column in sides[0][seed].metrics and column in sides[1][seed].metrics}
+        if diffs:
+            mean, std = mean_std(list(diffs.values()))
+            result[column] = {"by_seed": diffs, "mean": mean, "std": std, "n": len(diffs)}
+    return result
+
+
+def paired_markdown(runs: list[Run], pairs, columns) -> str:
+    lines = []
+    for a, b in pairs:
+        diffs = paired_differences(runs, a, b, columns)
+        if not diffs:
+            continue
+        seeds = sorted({seed for d in diffs.values() for seed in d["by_seed"]})
+        lines += ["", f"Paired by seed: {a} − {b} (positive = {a.label} higher)", "",
+                  "| column | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
+                  "|---|" + "---:|" * (len(seeds) + 1)]
+        for column, d in diffs.items():
+            cells = [_fmt(d["by_seed"].get(s)) for s in seeds]
+            total = _fmt(d["mean"]) if d["std"] is None else f"{_fmt(d['mean'])} ± {_fmt(d['std'])}"
+            lines.append(f"| {column} | " + " | ".join(cells) + f" | {total} (n={d['n']}) |")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} CPU cores visible{gpu}; torch {torch.__version__}"
+
+
+def commit() -> str:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    return head + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def wall_time(runs: list[Run]) -> tuple[Optional[float], float]:
+    """(first run folder created → last file written, in hours; total training time of the runs, in hours)."""
+    stamps = [p.stat().st_mtime for run in runs for p in run.path.rglob("*") if p.is_file()]
+    created = [run.path.stat().st_ctime for run in runs]
+    span = (max(stamps) - min(created)) / 3600 if stamps and created else None
+    training = sum(run.metrics.get("train time (h)", 0.0) for run in runs)
+    return span, training
+
+
+def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFAULT_PAIRS) -> str:
+    """Write the results folder described in the module docstring; returns summary.md's text."""
+    if task_name not in TASKS:
+        raise ValueError(f"unknown task {task_name!r}; choose from {sorted(TASKS)}")
+    task: Task = TASKS[task_name]
+    runs = [read_run(path) for path in find_run_dirs(roots)]
+    if not runs:
+        raise ValueError(f"no runs found under {', '.join(map(str, roots))}")
+    rows = summarize_runs(runs, task)
+    columns, records = table_records(rows, task)
+    span, training = wall_time(runs)
+    finished = sum(not run.partial for run in runs)
+    header = [f"# Results: {', '.join(str(r) for r in roots)} (task {task_name})", "",
+              f"- commit: {commit()}",
+              f"- hardware: {hardware()}",
+              f"- wall time: {span:.2f} h from the first run folder to the last file written (includes any pause "
+              f"between sessions); training alone {training:.2f} h summed over runs" if span is not None else
+              "- wall time: unknown",
+              f"- runs: {len(runs)} ({finished} complete, {len(runs) - finished} partial)", "", ""]
+    markdown = "\n".join(header) + to_markdown(columns, records, task) + paired_markdown(runs, pairs, task.columns)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_text(output_dir / "summary.md", markdown)
+    write_text(output_dir / "summary.csv", to_csv(columns, records))
+    write_text(output_dir / "runs.csv", runs_csv(runs))
+    first = next((c for c in task.columns if c != "held-out loss"), task.columns[0])
+    safe = "".join(ch if ch.isalnum() else "_" for ch in first)
+    plots.plot_efficiency(rows, first, output_dir / f"efficiency_{safe}.png")
+    curves = [(f"{run.label} sd{run.seed}", run.path) for run in runs
+              if not run.partial and run.label != "base model"]
+    plots.plot_loss_curves(curves, output_dir / "loss_curves.png")
+    return markdown

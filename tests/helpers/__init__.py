@@ -1,0 +1,1 @@
+"""Helpers shared by the test modules (conftest.py only holds fixtures)."""
