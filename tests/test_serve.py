@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.models import make_tiny_llama
 from peft import LoraConfig, PeftModel, VeraConfig, get_peft_model
 
 import prolora
@@ -22,13 +23,9 @@ TARGETS = ["q_proj", "v_proj", "down_proj"]
 
 
 def _tiny_llama(seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=49152, max_position_embeddings=512,
-                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
+    """A tiny random Llama whose vocabulary matches the SmolLM2 tokenizer."""
+    return make_tiny_llama(vocab_size=49152, seed=seed, max_position_embeddings=512, bos_token_id=1, eos_token_id=2,
+                           pad_token_id=2)
 
 
 @pytest.fixture(scope="module")

@@ -202,9 +202,7 @@ class Linear(nn.Module, ProLoraLayer):
                 delta = F.linear(F.linear(h, A), B) * self.scaling[name]
             else:
                 A0, B0, A_u, B_u = self._chunks(name)
-                (m, n), (s_A, s_B) = self.copies[name], self.strides[name]
-                geometry = (self.in_features, self.out_features, m, n, s_A, s_B)
-                delta = prolora_delta(h, A0, A_u, B0, B_u, geometry, self.scaling[name])
+                delta = prolora_delta(h, A0, A_u, B0, B_u, self.geometry(name), self.scaling[name])
             result = result + delta
         return result.to(previous_dtype)
 
