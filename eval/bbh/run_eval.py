@@ -6,7 +6,8 @@ Data: ``<data_dir>/bbh/<task>.json`` (``{"examples": [{"input", "target"}, ...]}
 header and are dropped). ``--no_cot`` rewrites each "Q:" demonstration to "question\\nA: <answer>" where the
 answer is the text after "So the answer is". Prompt: task prompt + "\\n\\nQ: " + input + "\\nA:" — or, with
 ``--use_chat_format``, one user turn followed by "A:". Greedy, at most 512 new tokens, stopping at the first
-blank line only without chat format. The prediction is the text after "the answer is" up to the next period.
+blank line only without chat format (``--stop_at_blank_line`` stops there with it too: a model that was not
+tuned to end its turn otherwise runs on into a next "Q:", which scores as wrong). The prediction is the text after "the answer is" up to the next period.
 
 Outputs in ``--save_dir``: ``predictions/<task>.jsonl`` (input, target, raw_output, prediction) and
 ``metrics.json`` = ``{<task>: em, ..., "average_exact_match": macro mean}`` in [0, 1].
@@ -106,12 +107,13 @@ def main(args: argparse.Namespace) -> dict:
     backend = make_backend(args)
     formatter = resolve_chat_formatter(args.chat_formatting_function, backend.tokenizer) \
         if args.use_chat_format else None
+    stop_at_blank_line = args.stop_at_blank_line or not args.use_chat_format
     records: dict[str, list[dict]] = {}
     per_task: dict[str, tuple[list[str], list[str]]] = {}
     for task, examples in tqdm(tasks.items(), desc="tasks"):
         prompts = [build_prompt(task_prompts[task], ex["input"], formatter) for ex in examples]
         outputs = [o[0] for o in backend.generate(prompts, args.max_new_tokens,
-                                                  stop=None if args.use_chat_format else ["\n\n"],
+                                                  stop=["\n\n"] if stop_at_blank_line else None,
                                                   batch_size=args.eval_batch_size)]
         predictions = [extract_bbh_answer(o) for o in outputs]
         records[task] = [dict(ex, raw_output=o, prediction=p) for ex, o, p in zip(examples, outputs, predictions)]
@@ -135,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no_cot", action="store_true", help="direct-answer demonstrations (no chain of thought)")
     parser.add_argument("--max_num_examples_per_task", type=int, default=None,
                         help="evaluate a random subset (seed 42) of at most this many examples per task")
+    parser.add_argument("--stop_at_blank_line", action="store_true",
+                        help="stop at the first blank line with --use_chat_format too (upstream stops there only "
+                             "without it)")
     add_model_args(parser, save_dir="results/bbh", max_new_tokens=MAX_NEW_TOKENS)
     return parser
 

@@ -247,6 +247,9 @@ def check_commands(config: dict) -> None:
     import importlib.util
     import io
 
+    # The stages run with the checkout's root first on PYTHONPATH (subprocess_runner); look modules up the same way.
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
     source = config.get("_source", "grid config")
     for key, allowed in (("merge", {"enabled", "keep_merged", "args"}), ("summary", {"task", "plot_columns"})):
         unknown = set(config.get(key) or {}) - allowed
