@@ -12,6 +12,7 @@ as one PEFT mixed-adapter batch (``generate(..., adapter_names=...)``, row i use
 
     python benchmarks/bench_serving.py                              # full settings
     python benchmarks/bench_serving.py --repeats 3 --new_tokens 8   # short
+    .venv-vllm/bin/python benchmarks/bench_serving.py --skip_hf     # vLLM only
 
 Targets: HF PRoLoRA tokens/s >= 0.95x LoRA's; resident bytes per adapter = its compact parameter bytes
 (0.56x LoRA's at r=8, u=1, m=n=2).
@@ -151,6 +152,8 @@ def main() -> None:
     parser.add_argument("--unshared_r", type=int, default=1)
     parser.add_argument("--copies", type=int, default=2, help="m = n")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--skip_hf", action="store_true",
+                        help="only the disk sizes and vLLM (e.g. a second run in .venv-vllm after the HF one)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -182,7 +185,7 @@ def main() -> None:
                                     ("lora", saved["lora"]))}
         results["disk_bytes_per_adapter"] = disk
 
-        for n in args.adapters:
+        for n in [] if args.skip_hf else args.adapters:
             names = [f"a{i % n}" for i in range(args.batch)]
             models, load_s = {}, {}
             for method in ("lora", "prolora"):

@@ -110,6 +110,25 @@ def test_each_adapter_is_rebuilt_once_per_forward(tiny_llama):
     assert len(stacked.call_args_list) == layers
 
 
+def test_generate_rebuilds_once_per_call_and_keeps_nothing(tiny_llama):
+    """All decoding steps of one generate share the rebuilt A/B; afterwards no layer holds them."""
+    model = prolora_model(tiny_llama)
+    names = ["alpha", "gamma", "__base__", "delta"]
+    settings = dict(max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0)
+    with torch.no_grad(), \
+            mock.patch.object(prolora.Linear, "rebuild", autospec=True, side_effect=prolora.Linear.rebuild) as one, \
+            mock.patch.object(prolora.Linear, "rebuild_stacked", autospec=True,
+                              side_effect=prolora.Linear.rebuild_stacked) as stacked:
+        model.generate(input_ids=tokens(len(names), length=5, seed=4), adapter_names=names, **settings)
+    layers = [m for m in model.modules() if isinstance(m, prolora.Linear)]
+    assert [call.args[1] for call in one.call_args_list].count("gamma") == len(layers)  # 5 steps, 1 rebuild each
+    assert len(stacked.call_args_list) == len(layers)  # alpha + delta
+    assert all(layer.mixed_batch_cache is None for layer in layers)
+    with torch.enable_grad():  # with gradients on, every forward rebuilds (nothing is cached)
+        logits = model(tokens(2), adapter_names=["alpha", "alpha"]).logits
+    assert logits.requires_grad and all(layer.mixed_batch_cache is None for layer in layers)
+
+
 @pytest.mark.parametrize("build, names, num_beams", [
     (prolora_model, ["beta", "__base__", "alpha"], 1),
     (prolora_model, ["alpha", "gamma"], 2),  # beam search repeats each row's name per beam

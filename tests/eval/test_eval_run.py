@@ -143,6 +143,29 @@ def test_bbh_scoring_path(monkeypatch, tmp_path, smollm2_tokenizer):
                                      "average_exact_match": (2 / 3 + 1.0) / 2})
 
 
+@pytest.mark.parametrize("extra, stop", [((), ["\n\n"]), (("--use_chat_format",), None),
+                                         (("--use_chat_format", "--stop_at_blank_line"), ["\n\n"])])
+def test_bbh_blank_line_stop(monkeypatch, tmp_path, smollm2_tokenizer, extra, stop):
+    """Upstream stops at a blank line only without chat format; --stop_at_blank_line stops there with it too."""
+    from eval.backends import cut_at_stop
+
+    answers = {"not ( True and False ) is": " True\n\nQ: next", "True and not True is": " False",
+               "( False or True ) and True is": " True", "goalkeeper": " yes\n\nQ: more", "sprinter": " no"}
+    fake = scripted(monkeypatch, smollm2_tokenizer, answers)
+    stops = []
+
+    def generate(prompts, max_new_tokens, temperature=0.0, top_p=1.0, n=1, stop=None, batch_size=1):
+        stops.append(stop)
+        return [[cut_at_stop(fake._answer(p), stop)] for p in prompts]
+
+    fake.generate = generate
+    _, metrics = run(bbh, tmp_path, "unused", "--no_cot", *extra)
+    assert stops and all(s == stop for s in stops)
+    # the run-on answers count as right only when generation stopped at the blank line
+    expected = {"boolean_expressions": 1.0 if stop else 2 / 3, "sports_understanding": 1.0 if stop else 0.5}
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected)
+
+
 def test_tydiqa_scoring_path(monkeypatch, tmp_path, smollm2_tokenizer):
     answers = {"Into which sea": " Mediterranean Sea \n", "How high": "8,849 metres", "How many countries": "seven",
                "Minkä maan": "Finland", "Kuinka monta": "noin 660 000 ihmistä"}

@@ -43,6 +43,7 @@ class ProLoraLayer(BaseTunerLayer):
 
     adapter_layer_names = ("prolora_A", "prolora_B", "prolora_A_unshared", "prolora_B_unshared")
     other_param_names = ("r", "unshared_r", "scaling", "copies", "strides", "prolora_dropout")
+    mixed_batch_cache: Optional[dict] = None  # per-call state of a mixed batch (see `prolora.mixed_batch`)
 
     def __init__(self, base_layer: nn.Module, **kwargs) -> None:
         self.base_layer = base_layer
@@ -199,7 +200,7 @@ class Linear(nn.Module, ProLoraLayer):
                 # DeepSpeed ZeRO-3 frees partitioned parameters after forward; plain autograd never needs the
                 # chunks' values in backward (only the rebuilt A and B), so use it there.
                 A, B = self.rebuild(name)
-                delta = F.linear(F.linear(h, A), B) * self.scaling[name]
+                delta = F.linear(F.linear(h, A) * self.scaling[name], B)
             else:
                 A0, B0, A_u, B_u = self._chunks(name)
                 delta = prolora_delta(h, A0, A_u, B0, B_u, self.geometry(name), self.scaling[name])
@@ -230,9 +231,43 @@ class Linear(nn.Module, ProLoraLayer):
         return (self.r[adapter_name], self.unshared_r[adapter_name], self.geometry(adapter_name),
                 self._adapter_params(adapter_name)[0].dtype)
 
+    def _mixed_batch_plan(self, adapter_names: list[str], device: torch.device) -> list[tuple]:
+        """What a mixed batch multiplies with: ``[(A, B, rows, which, scale)]``, one entry per group of adapters
+        that `rebuild_stacked` can rebuild together (equal `_stack_key`).
+
+        A single adapter: ``A (r, d_in)``, ``B (d_out, r)``, ``which`` is ``None``, ``scale`` a float; ``rows`` is
+        ``None`` when that adapter has every row of the batch. Several: ``A (k, r, d_in)``, ``B (k, d_out, r)``,
+        ``rows`` the batch rows they own, ``which[i]`` the adapter of ``rows[i]``, ``scale (k,)``. Rows of
+        ``"__base__"`` or of an adapter this layer lacks appear nowhere. Built once per call and kept in
+        ``mixed_batch_cache`` for the call's later forwards (the decoding steps of one ``generate``).
+        """
+        cache = self.mixed_batch_cache
+        if cache is not None and "plan" in cache:
+            return cache["plan"]
+        groups: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+        for name, rows in sub_batches(adapter_names, device):
+            if self.has_adapter(name):
+                groups.setdefault(self._stack_key(name), []).append((name, rows))
+        plan = []
+        for members in groups.values():
+            if len(members) == 1:
+                name, rows = members[0]
+                A, B = self.rebuild(name)
+                every_row = len(rows) == len(adapter_names)  # rows come sorted, so they are then 0..batch-1
+                plan.append((A, B, None if every_row else rows, None, self.scaling[name]))
+                continue
+            A, B = self.rebuild_stacked([name for name, _ in members])
+            rows = torch.cat([r for _, r in members])
+            which = torch.cat([torch.full_like(r, i) for i, (_, r) in enumerate(members)])  # row -> adapter
+            scale = torch.tensor([self.scaling[name] for name, _ in members], dtype=A.dtype, device=A.device)
+            plan.append((A, B, rows, which, scale))
+        if cache is not None and not torch.is_grad_enabled():
+            cache["plan"] = plan  # (with gradients on, each forward rebuilds: a cached graph is used only once)
+        return plan
+
     def _mixed_batch_forward(self, x: torch.Tensor, *args, adapter_names: list[str], **kwargs) -> torch.Tensor:
         """Rows of ``x`` named ``"__base__"`` (or an adapter this layer lacks) get ``W0 x`` only; the others add
-        their adapter's update. A and B of each adapter in the batch are rebuilt once, for all its rows.
+        their adapter's update. A and B of each adapter in the batch are rebuilt once per call, for all its rows.
 
         Adapters of one geometry are rebuilt together (`rebuild_stacked`) and each row then multiplies with its
         own A and B in one batched matmul, so the work per layer does not grow with the number of adapters.
@@ -240,25 +275,25 @@ class Linear(nn.Module, ProLoraLayer):
         result = self.base_layer(x, *args, **kwargs)
         if self.quantization_backend is not None:
             result = self.quantization_backend.maybe_clone_base_result(result)
-        groups: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
-        for name, rows in sub_batches(adapter_names, x.device):
-            if self.has_adapter(name):
-                groups.setdefault(self._stack_key(name), []).append((name, rows))
-        for members in groups.values():
-            if len(members) == 1 or self.training:  # dropout is only active in training: one adapter at a time
-                for name, rows in members:
+        if self.training:  # only reachable by calling the layer directly; dropout: one adapter at a time
+            for name, rows in sub_batches(adapter_names, x.device):
+                if self.has_adapter(name):
                     A, B = self.rebuild(name)
                     h = self.prolora_dropout[name](self._cast_input_dtype(x[rows], A.dtype))
-                    delta = F.linear(F.linear(h, A), B) * self.scaling[name]
-                    result.index_add_(0, rows, delta.to(result.dtype))
+                    result.index_add_(0, rows, F.linear(F.linear(h, A) * self.scaling[name], B).to(result.dtype))
+            return result
+        for A, B, rows, which, scale in self._mixed_batch_plan(adapter_names, x.device):
+            if which is None:
+                h = self._cast_input_dtype(x if rows is None else x[rows], A.dtype)
+                delta = F.linear(F.linear(h, A) * scale, B).to(result.dtype)  # scale the rank-r side
+                if rows is None:
+                    result = result + delta
+                else:
+                    result.index_add_(0, rows, delta)
                 continue
-            A, B = self.rebuild_stacked([name for name, _ in members])
-            rows = torch.cat([r for _, r in members])
-            which = torch.cat([torch.full_like(r, i) for i, (_, r) in enumerate(members)])  # row -> adapter
-            scale = torch.tensor([self.scaling[name] for name, _ in members], dtype=A.dtype, device=A.device)
             h = self._cast_input_dtype(x[rows], A.dtype).reshape(len(rows), -1, self.in_features)
-            h = torch.bmm(h, A[which].transpose(1, 2))  # (rows, tokens, r)
-            delta = torch.bmm(h, B[which].transpose(1, 2)) * scale[which].view(-1, 1, 1)  # (rows, tokens, d_out)
+            h = torch.bmm(h, A[which].transpose(1, 2)) * scale[which].view(-1, 1, 1)  # (rows, tokens, r)
+            delta = torch.bmm(h, B[which].transpose(1, 2))  # (rows, tokens, d_out)
             result.index_add_(0, rows, delta.view(len(rows), *result.shape[1:]).to(result.dtype))
         return result
 

@@ -8,6 +8,11 @@ then adds each adapter's update to its own rows only. Semantics and error messag
 
 `adapter_names_hooks` is that context manager, parameterised by the tuner's layer class; `check_forward_args` and
 `sub_batches` are the per-layer helpers. PRoLoRA and the harness's Tied-LoRA both use them.
+
+Per-call state: for the duration of one call (one ``forward``, or one whole ``generate`` with all its decoding
+steps) every layer's ``mixed_batch_cache`` is a fresh dict, and ``None`` otherwise. A layer may keep there what
+only depends on the adapter names and its own weights (row indices, rebuilt A/B), so a decoding step does not redo
+it; nothing outlives the call, so between requests only the compact adapter tensors stay resident.
 """
 
 from __future__ import annotations
@@ -55,11 +60,15 @@ def adapter_names_hooks(tuner: nn.Module, layer_cls: type, **kwargs) -> Iterator
     hook = partial(_inject_adapter_names, adapter_names=list(adapter_names))
     handles = [module.register_forward_pre_hook(hook, with_kwargs=True)
                for module in tuner.modules() if isinstance(module, (layer_cls, AuxiliaryTrainingWrapper))]
+    for layer in layers:
+        layer.mixed_batch_cache = {}
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+        for layer in layers:
+            layer.mixed_batch_cache = None
 
 
 def check_forward_args(layer, x: torch.Tensor, adapter_names: Sequence[str] | None) -> None:
