@@ -7,7 +7,8 @@ header and are dropped). ``--no_cot`` rewrites each "Q:" demonstration to "quest
 answer is the text after "So the answer is". Prompt: task prompt + "\\n\\nQ: " + input + "\\nA:" — or, with
 ``--use_chat_format``, one user turn followed by "A:". Greedy, at most 512 new tokens, stopping at the first
 blank line only without chat format (``--stop_at_blank_line`` stops there with it too: a model that was not
-tuned to end its turn otherwise runs on into a next "Q:", which scores as wrong). The prediction is the text after "the answer is" up to the next period.
+tuned to end its turn otherwise runs on into a next "Q:", which scores as wrong). The prediction is the text
+after "the answer is" up to the next period.
 
 Outputs in ``--save_dir``: ``predictions/<task>.jsonl`` (input, target, raw_output, prediction) and
 ``metrics.json`` = ``{<task>: em, ..., "average_exact_match": macro mean}`` in [0, 1].
