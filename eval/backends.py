@@ -182,6 +182,15 @@ class HFBackend:
     def _encode(self, prompts: list[str]):
         return self.tokenizer(prompts, padding="longest", return_tensors="pt").to(self.model.device)
 
+    def _batches(self, prompts: list[str], batch_size: int, by_length: bool) -> list[list[int]]:
+        """Prompt indices per batch. ``by_length``: longest prompts first, so a batch pads to a similar length
+        (a greedy answer or a score does not depend on its batch-mates; results go back in prompt order)."""
+        order = list(range(len(prompts)))
+        if by_length:
+            lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+            order.sort(key=lambda i: -lengths[i])
+        return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
     def _completion_text(self, prompt_ids: torch.Tensor, prompt_text: str, new_ids: torch.Tensor) -> str:
         """Decode generated tokens up to the first end token. Decoding prompt+completion and removing the
         decoded prompt keeps a leading space that decoding the new tokens alone would drop (SentencePiece)."""
@@ -202,17 +211,19 @@ class HFBackend:
                             "pad_token_id": self.tokenizer.pad_token_id}
         if sampling:
             gen_kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        results: list[list[str]] = []
-        for start in tqdm(range(0, len(prompts), batch_size), desc="generating", unit="batch"):
-            batch = self._encode(prompts[start:start + batch_size])
+        results: list[list[str]] = [[] for _ in prompts]
+        # Sampling keeps the prompts' order: the random draws then do not depend on how prompts were batched.
+        for indices in tqdm(self._batches(prompts, batch_size, by_length=not sampling), desc="generating",
+                            unit="batch"):
+            batch = self._encode([prompts[i] for i in indices])
             criteria = [StopOnStrings(self.tokenizer, stop, batch["input_ids"].shape[1])] if stop else None
             output = self.model.generate(**batch, **gen_kwargs, stopping_criteria=criteria)
             new_tokens = output[:, batch["input_ids"].shape[1]:]
-            for i, prompt_ids in enumerate(batch["input_ids"]):
+            for row, (index, prompt_ids) in enumerate(zip(indices, batch["input_ids"])):
                 prompt_text = self.tokenizer.decode(prompt_ids.tolist(), skip_special_tokens=True)
-                samples = new_tokens[i * n:(i + 1) * n]
-                results.append([cut_at_stop(self._completion_text(prompt_ids, prompt_text, s), stop)
-                                for s in samples])
+                samples = new_tokens[row * n:(row + 1) * n]
+                results[index] = [cut_at_stop(self._completion_text(prompt_ids, prompt_text, s), stop)
+                                  for s in samples]
         return results
 
     def choice_token_ids(self, choices: Sequence[str]) -> list[int]:
@@ -230,14 +241,15 @@ class HFBackend:
         """Log-probability (softmax over the whole vocabulary) that the token after each prompt is the last
         sub-token of each choice. Only the last position's logits are computed."""
         choice_ids = torch.tensor(self.choice_token_ids(choices), device=self.model.device)
-        scores: list[list[float]] = []
-        for start in tqdm(range(0, len(prompts), batch_size), desc="scoring", unit="batch"):
-            batch = self._encode(prompts[start:start + batch_size])
+        scores: list[list[float]] = [[] for _ in prompts]
+        for indices in tqdm(self._batches(prompts, batch_size, by_length=True), desc="scoring", unit="batch"):
+            batch = self._encode([prompts[i] for i in indices])
             # Left padding: count positions from each prompt's first real token, as unpadded inputs would.
             position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
             logits = self.model(**batch, position_ids=position_ids, logits_to_keep=1).logits[:, -1, :]
             log_probs = torch.log_softmax(logits.float(), dim=-1)
-            scores.extend(log_probs[:, choice_ids].tolist())
+            for index, row in zip(indices, log_probs[:, choice_ids].tolist()):
+                scores[index] = row
         return scores
 
 

@@ -624,6 +624,14 @@ def resolve_resume(args, output_dir: Path) -> Path | None:
 
 # ----------------------------------------------------------------------------------------- evaluation
 
+def eval_dataloader(eval_ds, batch_size: int, collator) -> DataLoader:
+    """Held-out batches, shortest examples first: little padding, and `evaluate`'s token-weighted mean does not
+    depend on the order."""
+    lengths = [len(ids) for ids in eval_ds["input_ids"]]
+    return DataLoader(eval_ds, sampler=sorted(range(len(lengths)), key=lengths.__getitem__), batch_size=batch_size,
+                      collate_fn=collator)
+
+
 @torch.no_grad()
 def evaluate(model, eval_dl, accelerator, loss_fn: CausalLMLoss) -> float:
     """Mean loss per trainable token over the held-out set (all ranks together)."""
@@ -682,7 +690,7 @@ def train(args) -> dict:
         train_dl = DataLoader(train_ds, shuffle=True, batch_size=args.per_device_train_batch_size,
                               collate_fn=collator, generator=torch.Generator().manual_seed(args.seed))
     loss_fn = CausalLMLoss(model)
-    eval_dl = DataLoader(eval_ds, batch_size=args.per_device_train_batch_size, collate_fn=collator) if eval_ds else None
+    eval_dl = eval_dataloader(eval_ds, args.per_device_train_batch_size, collator) if eval_ds else None
 
     # Optimizer and schedule. accelerate steps a prepared scheduler once per process, hence the factor.
     optimizer = build_optimizer(model, args)

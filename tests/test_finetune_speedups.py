@@ -214,3 +214,17 @@ def test_held_out_split_is_taken_after_dropping_untrainable_examples(tmp_path, c
     assert held_out["input_ids"] == expected["test"]["input_ids"]
     assert train["input_ids"] == expected["train"]["input_ids"]
     assert len(train) == 26
+
+
+def test_held_out_batches_are_length_sorted_and_complete():
+    from datasets import Dataset
+
+    from open_instruct.finetune import eval_dataloader
+
+    lengths = [5, 1, 9, 3, 3, 7, 2]
+    dataset = Dataset.from_dict({"input_ids": [list(range(n)) for n in lengths], "row": list(range(len(lengths)))})
+    batches = list(eval_dataloader(dataset, 3, lambda rows: rows))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    seen = [row["row"] for b in batches for row in b]
+    assert sorted(seen) == list(range(len(lengths)))  # every example once
+    assert [lengths[i] for i in seen] == sorted(lengths)

@@ -41,6 +41,13 @@ def test_greedy_generation_does_not_depend_on_batching(backend):
     assert all(len(c) == 1 and c[0] for c in one)
 
 
+def test_greedy_batches_group_similar_lengths(backend):
+    """Longest prompts batch together (less padding); results still come back in prompt order."""
+    assert backend._batches(PROMPTS, 2, by_length=True) == [[2, 0], [1]]
+    assert backend._batches(PROMPTS, 2, by_length=False) == [[0, 1], [2]]
+    assert backend.generate(PROMPTS, 8, batch_size=2) == backend.generate(PROMPTS, 8, batch_size=1)
+
+
 def test_stop_strings_cut_completions(backend):
     full = backend.generate(PROMPTS, 12, batch_size=3)
     text = full[0][0]
