@@ -95,7 +95,9 @@ def test_expansion_and_folder_names(tmp_path):
     folders = [cell.folder for cell in cells]
     # base once; lora 2 ranks x 2 seeds; prolora 2 lrs x 2 seeds; clora 2 seeds; vera 2 seeds
     assert len(cells) == 1 + 4 + 4 + 2 + 2
-    assert folders[:3] == ["base", "lora_r4_sd1", "lora_r4_sd2"]
+    # seed by seed: base, then every row with seed 1, then with seed 2 (a stopped grid has whole rows)
+    assert folders[:3] == ["base", "lora_r4_sd1", "lora_r8_sd1"]
+    assert [cell.seed for cell in cells[1:]] == [1] * 6 + [2] * 6
     assert "prolora_r8_u1_m2n2_lr0.0003_sd2" in folders and "clora_r8_u1_m2n2_sd1" in folders
     assert len(set(folders)) == len(folders)
     smoke = expand_cells(load_config(write_grid(tmp_path), smoke=True))

@@ -184,7 +184,10 @@ def load_config(path, smoke: bool = False) -> dict:
 
 
 def expand_cells(config: dict) -> list[Cell]:
-    """All cells: each methods entry x the product of its list-valued hyper-parameters x seeds (base: once)."""
+    """All cells: each methods entry x the product of its list-valued hyper-parameters x seeds (base: once).
+
+    Ordered seed by seed (the base cells first, then every row with the first seed, then the second, ...), so a
+    grid that is stopped part-way has complete rows for the seeds it finished rather than some rows only."""
     source = config.get("_source", "grid config")
     seeds = config.get("seeds") or [None]
     cells: list[Cell] = []
@@ -220,6 +223,7 @@ def expand_cells(config: dict) -> list[Cell]:
                 cells.append(Cell(name=entry["name"], method=method, label=entry.get("label", LABELS[method]),
                                   rotation=entry.get("rotation", True),
                                   rectified_init=entry.get("rectified_init", True), seed=cell_seed, **point))
+    cells.sort(key=lambda cell: -1 if cell.seed is None else seeds.index(cell.seed))  # stable: rows keep order
     folders = [cell.folder for cell in cells]
     duplicates = sorted({f for f in folders if folders.count(f) > 1})
     if duplicates:
