@@ -33,6 +33,7 @@ from open_instruct.paper.summarize import (
     mean_std,
     read_run,
     runs_csv,
+    score_digits,
     summarize_runs,
     table_records,
     to_csv,
@@ -102,8 +103,10 @@ def paired_markdown(runs: list[Run], pairs, columns) -> str:
                   "| column | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |",
                   "|---|" + "---:|" * (len(seeds) + 1)]
         for column, d in diffs.items():
-            cells = [_fmt(d["by_seed"].get(s)) for s in seeds]
-            total = _fmt(d["mean"]) if d["std"] is None else f"{_fmt(d['mean'])} ± {_fmt(d['std'])}"
+            digits = score_digits(column)
+            cells = [_fmt(d["by_seed"].get(s), digits) for s in seeds]
+            total = _fmt(d["mean"], digits) if d["std"] is None else \
+                f"{_fmt(d['mean'], digits)} ± {_fmt(d['std'], digits)}"
             lines.append(f"| {column} | " + " | ".join(cells) + f" | {total} (n={d['n']}) |")
     return "\n".join(lines) + ("\n" if lines else "")
 

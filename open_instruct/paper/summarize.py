@@ -313,6 +313,11 @@ def _fmt(value, digits: int = 2) -> str:
     return str(value)
 
 
+def score_digits(column: str) -> int:
+    """Decimals shown for a score column: losses differ in the third decimal between methods, percents do not."""
+    return 3 if "loss" in column else 2
+
+
 def to_markdown(columns: list[str], records: list[dict], task: Task) -> str:
     """Paper-style Markdown: mean ± std cells, "–" for missing numbers, "*" for rows with partial runs."""
     # a score column no row has (e.g. a benchmark the grid does not run) is left out, like unused hyper-parameters
@@ -330,7 +335,8 @@ def to_markdown(columns: list[str], records: list[dict], task: Task) -> str:
         cells += [str(rec["seeds"]), _fmt(rec["params"]), *[_fmt(rec[c]) for c in ratio_columns]]
         for column in score_columns:
             mean, std, n = rec[column], rec[f"{column} std"], rec[f"{column} n"]
-            text = _fmt(mean) if std is None else f"{_fmt(mean)} ± {_fmt(std)}"
+            digits = score_digits(column)
+            text = _fmt(mean, digits) if std is None else f"{_fmt(mean, digits)} ± {_fmt(std, digits)}"
             if mean is not None and n < rec["seeds"]:
                 text += f" (n={n})"
             cells.append(text)
