@@ -483,9 +483,11 @@ def count_parameters(model) -> tuple[int, int]:
     return sum(n for n, trainable in sizes if trainable), sum(n for n, _ in sizes)
 
 
-def build_optimizer(model, args):
-    """AdamW with no decay on biases and norm weights. As open-instruct, QLoRA uses bitsandbytes' paged AdamW
-    (32-bit, 8-bit with --use_8bit_optimizer); --use_paged_optimizer / --use_8bit_optimizer ask for it alone."""
+def build_optimizer(model, args, fused: bool = True):
+    """AdamW with no decay on biases and norm weights: torch's fused kernel (one pass over all parameters, as HF
+    Trainer's default ``adamw_torch_fused``) unless ``fused`` is off (DeepSpeed steps its own partitions). As
+    open-instruct, QLoRA uses bitsandbytes' paged AdamW (32-bit, 8-bit with --use_8bit_optimizer);
+    --use_paged_optimizer / --use_8bit_optimizer ask for it alone."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -498,7 +500,9 @@ def build_optimizer(model, args):
 
         return bnb.optim.AdamW(groups, lr=args.learning_rate, optim_bits=8 if args.use_8bit_optimizer else 32,
                                is_paged=paged)
-    return torch.optim.AdamW(groups, lr=args.learning_rate)
+    devices = {p.device.type for group in groups for p in group["params"]}
+    fused = fused and devices <= {"cpu", "cuda"} and all(p.is_floating_point() for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=args.learning_rate, fused=fused or None)
 
 
 # ----------------------------------------------------------------------------------------- checkpoints
@@ -693,7 +697,7 @@ def train(args) -> dict:
     eval_dl = eval_dataloader(eval_ds, args.per_device_train_batch_size, collator) if eval_ds else None
 
     # Optimizer and schedule. accelerate steps a prepared scheduler once per process, hence the factor.
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, fused=accelerator.distributed_type != DistributedType.DEEPSPEED)
     steps_per_epoch = math.ceil(math.ceil(len(train_ds) / (args.per_device_train_batch_size *
                                                            accelerator.num_processes))
                                 / args.gradient_accumulation_steps)

@@ -57,5 +57,18 @@ def test_write_report_files_and_provenance(grid, tmp_path):
     assert "Paired by seed: PRoLoRA r=8 u=1 m=2 n=2 − LoRA r=8" in markdown
     assert "| ASDiv EM | 5.00 | 1.00 | – | 3.00 ± 2.83 (n=2) |" in markdown
     assert "runs: 7 (7 complete, 0 partial)" in markdown
+    (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no runs"):
-        write_report([tmp_path / "docs"], "mini", tmp_path / "x")
+        write_report([tmp_path / "empty"], "mini", tmp_path / "x")
+
+
+def test_report_is_rederived_from_its_archived_runs(grid, tmp_path):
+    """`runs/` holds each run's record without weights, and a report from it alone has the same table."""
+    out = tmp_path / "docs"
+    first = write_report([grid], "mini", out)
+    archived = sorted(p.name for p in (out / "runs").iterdir())
+    assert archived == sorted(p.name for p in grid.iterdir() if p.is_dir())
+    assert not list((out / "runs").rglob("*.safetensors"))
+    again = write_report([out / "runs"], "mini", out)  # the archive is inside the output folder: left as is
+    assert again.split("- runs:")[1] == first.split("- runs:")[1]
+    assert sorted(p.name for p in (out / "runs").iterdir()) == archived

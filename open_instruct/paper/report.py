@@ -10,13 +10,17 @@ writes into ``--output_dir``:
   data order and the evaluation examples, so the paired difference removes what the seeds have in common.
 * ``summary.csv`` — the table, numbers only; ``runs.csv`` — one line per run folder;
 * ``efficiency_<column>.png`` — score vs trainable parameters for the first score column of the task, and
-  ``loss_curves.png`` — training and held-out loss of the completed runs (`open_instruct.paper.plots`).
+  ``loss_curves.png`` — training and held-out loss of the completed runs (`open_instruct.paper.plots`);
+* ``runs/<run>/`` — each run's record without its weights (`ARCHIVED`: configs, results, metrics, predictions,
+  logs, the tensorboard events of the loss curves; a few hundred KiB a run), so the report can be re-derived
+  from the results folder alone: ``report_results.py <output_dir>/runs --output_dir ...``.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +45,12 @@ from open_instruct.paper.summarize import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+# What of a run folder `runs/` keeps (glob patterns relative to the run): everything the summarizer, the plots and
+# a reader need, nothing heavy (adapter weights, checkpoints, tokenizer files, merged models stay behind).
+ARCHIVED = ("run_config.json", "all_results.json", "adapter_config.json", "completed", "logs/*.log",
+            "eval/*/*.json", "eval/*/*.jsonl", "eval/*/*.txt", "finetune/**/events.out.tfevents.*",
+            "finetune/**/hparams.yml")
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,28 @@ def wall_time(runs: list[Run]) -> tuple[Optional[float], float]:
     return span, training
 
 
+def archive_runs(runs: list[Run], folder: Path) -> None:
+    """Copy the `ARCHIVED` files of each run into ``folder/<run folder name>/`` (times kept); runs that already
+    live under ``folder`` (a report re-derived from an archive) are left as they are."""
+    folder = folder.resolve()
+    names = [run.path.name for run in runs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two runs share a folder name, so {folder} cannot hold both: {sorted(names)}")
+    for run in runs:
+        source = run.path.resolve()
+        if source.is_relative_to(folder):
+            continue
+        target = folder / run.path.name
+        if target.exists():
+            shutil.rmtree(target)
+        for pattern in ARCHIVED:
+            for path in sorted(source.glob(pattern)):
+                if path.is_file():
+                    destination = target / path.relative_to(source)
+                    destination.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(path, destination)
+
+
 def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFAULT_PAIRS) -> str:
     """Write the results folder described in the module docstring; returns summary.md's text."""
     if task_name not in TASKS:
@@ -173,4 +205,5 @@ def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFA
     curves = [(f"{run.label} sd{run.seed}", run.path) for run in runs
               if not run.partial and run.label != "base model"]
     plots.plot_loss_curves(curves, output_dir / "loss_curves.png")
+    archive_runs(runs, output_dir / "runs")
     return markdown

@@ -195,16 +195,17 @@ class Linear(nn.Module, ProLoraLayer):
                 continue
             params = self._adapter_params(name)
             # Cast explicitly (the authors' code crashed here with autocast off); autocast still wins when on.
-            h = self.prolora_dropout[name](self._cast_input_dtype(x, params[0].dtype))
+            h = self._cast_input_dtype(x, params[0].dtype)
+            dropout = self.prolora_dropout[name]
             if any(hasattr(p, "ds_id") for p in params):
                 # DeepSpeed ZeRO-3 frees partitioned parameters after forward; plain autograd never needs the
                 # chunks' values in backward (only the rebuilt A and B), so use it there.
                 A, B = self.rebuild(name)
-                delta = F.linear(F.linear(h, A) * self.scaling[name], B)
-            else:
+                result = result + F.linear(F.linear(dropout(h), A) * self.scaling[name], B)
+            else:  # the fused path draws dropout itself (`prolora.dropout`), and adds onto `result` in its matmul
+                p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
                 A0, B0, A_u, B_u = self._chunks(name)
-                delta = prolora_delta(h, A0, A_u, B0, B_u, self.geometry(name), self.scaling[name])
-            result = result + delta
+                result = prolora_delta(h, A0, A_u, B0, B_u, self.geometry(name), self.scaling[name], result, p)
         return result.to(previous_dtype)
 
     def rebuild_stacked(self, adapter_names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -55,6 +55,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from prolora.dropout import apply_dropped, sample_dropped, zero_dropped_
+
 
 class Chunks(NamedTuple):
     """The trainable tensors of one adapter on one layer; ``None`` where a part has size zero (u = 0 or u = r)."""
@@ -204,30 +206,45 @@ def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
 
 
 class _ProLoraDelta(torch.autograd.Function):
-    """``(scale * x A^T) B^T`` that keeps only ``x`` and ``h = scale * x A^T`` for backward, like LoRA does.
+    """``result + (scale * drop(x) A^T) B^T`` that keeps only ``x``, ``h = scale * drop(x) A^T`` and the dropped
+    positions for backward.
 
     The scale multiplies the rank-r side, ``h (..., r)`` forward and ``dh (..., r)`` backward, never a
     ``(..., d_out)`` tensor: two elementwise passes over the layer's output fewer than LoRA's ``B(A x) * scale``.
+    The base layer's output ``result (..., d_out)`` goes in as the addend of the second matmul (``addmm``), which
+    saves LoRA's separate ``result + delta`` pass, and its gradient is ``dy`` itself.
+
+    Dropout (drop probability ``p > 0``): `dropout.sample_dropped` chooses the zeroed entries of ``x``, and
+    ``1 / (1 - p)`` joins ``scale`` — the same ``(alpha/r) B A dropout(x)`` as LoRA's ``nn.Dropout``, without its
+    float mask and dropped copy of ``x`` in memory (backward zeroes a fresh copy of ``x`` again).
 
     A plain autograd graph would also keep the rebuilt ``A`` (r, d_in) and ``B`` (d_out, r) alive from forward to
     backward — memory LoRA does not need, since its A and B are the parameters themselves. Here backward rebuilds
     them from the chunks (a cheap gather) and folds their gradients back onto the chunks (an index_add), so
-    PRoLoRA's activation memory equals LoRA's and its gradient memory is that of the compact chunks.
+    PRoLoRA's activation memory is at most LoRA's and its gradient memory is that of the compact chunks.
     """
 
     @staticmethod
-    def forward(ctx, x, scale, geometry: Geometry, A0, A_u, B0, B_u):
+    def forward(ctx, x, result, scale, p, geometry: Geometry, A0, A_u, B0, B_u):
         A = rebuild_A(A0, A_u, geometry.in_features, geometry.m, geometry.s_A)
         B = rebuild_B(B0, B_u, geometry.out_features, geometry.n, geometry.s_B)
-        h = (x @ A.t()) * scale
-        ctx.scale, ctx.geometry = scale, geometry
+        dropped = sample_dropped(x.shape, p, x.device) if p > 0 else None
+        scale = scale / (1 - p)
+        xd = x if dropped is None else apply_dropped(x, dropped)
+        h = (xd @ A.t()) * scale
+        ctx.scale, ctx.geometry, ctx.result_dtype = scale, geometry, None if result is None else result.dtype
         ctx.autocast = (x.device.type, *_autocast_state(x.device.type))
-        ctx.save_for_backward(x, h, A0, A_u, B0, B_u)
-        return h @ B.t()
+        ctx.save_for_backward(x, h, dropped, A0, A_u, B0, B_u)
+        if result is None:
+            return h @ B.t()
+        if result.dtype == h.dtype and (B.dtype == h.dtype or ctx.autocast[1]):  # (h is in autocast's dtype)
+            out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), B.t())
+            return out.view(*h.shape[:-1], -1)
+        return result + (h @ B.t())  # mixed dtypes: promote as `result + delta` does
 
     @staticmethod
     def backward(ctx, dy):
-        x, h, A0, A_u, B0, B_u = ctx.saved_tensors
+        x, h, dropped, A0, A_u, B0, B_u = ctx.saved_tensors
         geometry: Geometry = ctx.geometry
         device_type, autocast_on, autocast_dtype = ctx.autocast
         A = rebuild_A(A0, A_u, geometry.in_features, geometry.m, geometry.s_A)
@@ -236,18 +253,26 @@ class _ProLoraDelta(torch.autograd.Function):
             dh = (dy @ B) * ctx.scale  # (..., r)
             dx = dh @ A if ctx.needs_input_grad[0] else None
             dB = dy.reshape(-1, dy.shape[-1]).t() @ h.reshape(-1, h.shape[-1])  # (d_out, r); h carries the scale
-            dA = dh.reshape(-1, dh.shape[-1]).t() @ x.reshape(-1, x.shape[-1])  # (r, d_in)
+            xd = x if dropped is None else apply_dropped(x, dropped)
+            dA = dh.reshape(-1, dh.shape[-1]).t() @ xd.reshape(-1, x.shape[-1])  # (r, d_in)
         dA0, dA_u = fold_A_grad(dA.to(A.dtype), A0, A_u, geometry.s_A)
         dB0, dB_u = fold_B_grad(dB.to(B.dtype), B0, B_u, geometry.s_B)
         if dx is not None:
             dx = dx.to(x.dtype)
-        return dx, None, None, dA0, dA_u, dB0, dB_u
+            if dropped is not None:
+                zero_dropped_(dx, dropped)
+        d_result = None if ctx.result_dtype is None or not ctx.needs_input_grad[1] else dy.to(ctx.result_dtype)
+        return dx, d_result, None, None, None, dA0, dA_u, dB0, dB_u
 
 
-def prolora_delta(x, A0, A_u, B0, B_u, geometry: Geometry, scale: float) -> torch.Tensor:
-    """``scale * B A x`` for ``x (..., d_in)`` -> ``(..., d_out)``, with A and B rebuilt from the chunks.
+def prolora_delta(x, A0, A_u, B0, B_u, geometry: Geometry, scale: float, result: torch.Tensor | None = None,
+                  dropout: float = 0.0) -> torch.Tensor:
+    """``scale * B A dropout(x)`` for ``x (..., d_in)`` -> ``(..., d_out)``, with A and B rebuilt from the chunks;
+    with ``result (..., d_out)`` (the base layer's output) it returns ``result + scale * B A dropout(x)``.
 
-    ``geometry`` is a `Geometry` (a plain ``(d_in, d_out, m, n, s_A, s_B)`` tuple is accepted). Same value and
-    gradients as ``F.linear(F.linear(x, rebuild_A(...)), rebuild_B(...)) * scale``, but with LoRA's activation memory.
+    ``geometry`` is a `Geometry` (a plain ``(d_in, d_out, m, n, s_A, s_B)`` tuple is accepted); ``dropout`` is the
+    drop probability (inverted dropout, as ``nn.Dropout``; pass 0 in eval mode). Same value and gradients as
+    ``result + F.linear(F.linear(dropout(x), rebuild_A(...)), rebuild_B(...)) * scale``, with at most LoRA's
+    activation memory.
     """
-    return _ProLoraDelta.apply(x, scale, Geometry(*geometry), A0, A_u, B0, B_u)
+    return _ProLoraDelta.apply(x, result, scale, dropout, Geometry(*geometry), A0, A_u, B0, B_u)
