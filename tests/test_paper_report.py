@@ -72,3 +72,17 @@ def test_report_is_rederived_from_its_archived_runs(grid, tmp_path):
     again = write_report([out / "runs"], "mini", out)  # the archive is inside the output folder: left as is
     assert again.split("- runs:")[1] == first.split("- runs:")[1]
     assert sorted(p.name for p in (out / "runs").iterdir()) == archived
+
+
+def test_archive_mirrors_the_reported_runs_and_refuses_clashing_names(grid, tmp_path):
+    out = tmp_path / "docs"
+    write_report([grid], "mini", out)
+    (out / "runs" / "old_run").mkdir()  # from an earlier report
+    write_report([grid], "mini", out)
+    assert not (out / "runs" / "old_run").exists()
+    before = (out / "summary.md").read_text()
+    other = tmp_path / "other"
+    make_run(other, "lora_sd1", {**LORA, "seed": 9}, {"trainable_params": 100, "eval_loss": 1.0}, {})
+    with pytest.raises(ValueError, match="share a folder name"):
+        write_report([grid, other], "mini", out)
+    assert (out / "summary.md").read_text() == before  # refused before anything was written

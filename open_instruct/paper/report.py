@@ -153,26 +153,42 @@ def wall_time(runs: list[Run]) -> tuple[Optional[float], float]:
     return span, training
 
 
+def check_archivable(runs: list[Run]) -> None:
+    """`archive_runs` names each copy after its run folder, so two runs must not share one."""
+    seen: dict[str, Path] = {}
+    for run in runs:
+        if run.path.name in seen:
+            raise ValueError(f"two runs share a folder name, so runs/ cannot hold both: {seen[run.path.name]} "
+                             f"and {run.path}")
+        seen[run.path.name] = run.path
+
+
 def archive_runs(runs: list[Run], folder: Path) -> None:
-    """Copy the `ARCHIVED` files of each run into ``folder/<run folder name>/`` (times kept); runs that already
-    live under ``folder`` (a report re-derived from an archive) are left as they are."""
+    """Make ``folder`` hold the `ARCHIVED` files of exactly these runs, one ``folder/<run folder name>/`` each
+    (times kept; each written under a temporary name and renamed into place). Runs that already live under
+    ``folder`` (a report re-derived from an archive) are left as they are."""
     folder = folder.resolve()
-    names = [run.path.name for run in runs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"two runs share a folder name, so {folder} cannot hold both: {sorted(names)}")
     for run in runs:
         source = run.path.resolve()
         if source.is_relative_to(folder):
             continue
-        target = folder / run.path.name
-        if target.exists():
-            shutil.rmtree(target)
+        target, partial = folder / run.path.name, folder / f".{run.path.name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
         for pattern in ARCHIVED:
             for path in sorted(source.glob(pattern)):
                 if path.is_file():
-                    destination = target / path.relative_to(source)
+                    destination = partial / path.relative_to(source)
                     destination.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(path, destination)
+        partial.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+    if any(run.path.resolve().is_relative_to(folder) for run in runs):
+        return  # re-derived from this archive (perhaps from part of it): nothing in it is stale
+    kept = {run.path.name for run in runs}
+    for child in folder.iterdir():  # runs of an earlier report that this one no longer has
+        if child.is_dir() and child.name not in kept:
+            shutil.rmtree(child)
 
 
 def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFAULT_PAIRS) -> str:
@@ -183,6 +199,7 @@ def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFA
     runs = [read_run(path) for path in find_run_dirs(roots)]
     if not runs:
         raise ValueError(f"no runs found under {', '.join(map(str, roots))}")
+    check_archivable(runs)
     rows = summarize_runs(runs, task)
     columns, records = table_records(rows, task)
     span, training = wall_time(runs)
