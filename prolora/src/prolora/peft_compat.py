@@ -16,6 +16,7 @@ from __future__ import annotations
 from peft import mapping as _mapping
 from peft.config import PeftConfig
 from peft.tuners import tuners_utils as _tuners_utils
+from peft.tuners._buffer_dict import BufferDict  # per-adapter buffers; integer ones are never cast (MoS indices)
 from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING, resolve_quantization_backend
 from peft.utils.other import AuxiliaryTrainingWrapper  # modules_to_save & co.: they take `adapter_names` too
 from torch import nn
@@ -25,6 +26,7 @@ LORA_TARGET_MODULES_MAPPING = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
 
 __all__ = [
     "AuxiliaryTrainingWrapper",
+    "BufferDict",
     "LORA_TARGET_MODULES_MAPPING",
     "get_in_out_features",
     "include_all_linear_layers",
@@ -61,3 +63,4 @@ def is_supported_linear(module: nn.Module) -> bool:
         return True
     backend = resolve_quantization_backend(module)
     return backend is not None and backend.layer_type == "linear"
+
