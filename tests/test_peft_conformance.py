@@ -1,4 +1,4 @@
-"""The behaviours PEFT's own test suite checks for every method, run over several PRoLoRA and Tied-LoRA configs.
+"""The behaviours PEFT's own test suite checks for every method, run over several PRoLoRA, MoS and Tied-LoRA configs.
 
 A small model with odd dimensions (33 -> 70 -> 33, two blocks so that Tied-LoRA shares across layers, and a head for
 ``modules_to_save``). Every adapter is built with ``init_weights=False`` so it is not an identity and each check can
@@ -18,7 +18,7 @@ from peft import PeftModel, get_peft_model
 from torch import nn
 
 from open_instruct.tied_lora import TiedLoraConfig
-from prolora import ProLoraConfig
+from prolora import MosConfig, ProLoraConfig
 
 torch.set_num_threads(1)
 TARGETS = ["up", "down"]
@@ -35,6 +35,13 @@ CONFIGS = {
                                                         lora_A_shift_size=2, lora_B_shift_size=0,
                                                         rectified_init=False, target_modules=TARGETS,
                                                         init_weights=False),
+    "mos_l3_p1": lambda: MosConfig(r=4, lora_alpha=8, mos_r=3, private_r=1, shards_per_vector=3,
+                                   target_modules=TARGETS, init_weights=False),
+    "mos_paired_same_subset": lambda: MosConfig(r=3, mos_r=2, shards_per_vector=2, pair_dissociation=False,
+                                                subset_selection=False, lora_dropout=0.1, target_modules=TARGETS,
+                                                init_weights=False),
+    "mos_layer_pools": lambda: MosConfig(r=2, mos_r=2, global_pool=False, shards_per_vector=5,
+                                         target_modules=TARGETS, init_weights=False),
     "tied_vBuA": lambda: TiedLoraConfig(r=4, lora_alpha=8, target_modules=TARGETS, init_weights=False),
     "tied_frozen_AB": lambda: TiedLoraConfig(r=5, train_A=False, train_B=False, target_modules=TARGETS,
                                              init_weights=False),

@@ -133,10 +133,10 @@ class MosModel(BaseTuner):
             raise TypeError(f"MoS target module '{current_key}' is a {type(base).__name__}; only linear layers are "
                             "supported")
         d_in, d_out = get_in_out_features(base)
-        for name, value, features in (("in", d_in, d_in), ("out", d_out, d_out)):
+        for name, features in (("in", d_in), ("out", d_out)):
             if config.shards_per_vector > features:
-                raise ValueError(f"shards_per_vector={config.shards_per_vector} exceeds {name}_features={value} of "
-                                 f"target module '{current_key}'")
+                raise ValueError(f"shards_per_vector={config.shards_per_vector} exceeds {name}_features={features} "
+                                 f"of target module '{current_key}'")
         member = self._plan(config, adapter_name).get(current_key)
         if member is None:
             raise ValueError(f"MoS: module '{current_key}' was not among the planned targets of adapter "
