@@ -184,13 +184,13 @@ def encode(data_file: Path, max_seq_length: int):
     from accelerate import PartialState
     from transformers import AutoTokenizer
 
-    from open_instruct import finetune
+    from open_instruct.training import data
 
     PartialState()  # finetune logs through accelerate
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
     encode_args = argparse.Namespace(max_seq_length=max_seq_length, preprocessing_num_workers=None)
-    return tokenizer, finetune.encode_records(finetune.read_and_validate_records(str(data_file)), tokenizer,
-                                              encode_args, "train")
+    return tokenizer, data.encode_records(data.read_and_validate_records(str(data_file)), tokenizer, encode_args,
+                                          "train")
 
 
 def non_pad_tokens(data_file: Path, max_seq_length: int) -> int:

@@ -11,6 +11,7 @@ import pytest
 from reference_code import PROLORA, requires_reference
 
 from open_instruct import finetune, trainer_flags
+from open_instruct.training import model as training_model
 
 pytestmark = requires_reference
 SHELL_VALUES = {"seed": "42", "learning_rate": "2e-4", "lora_r": "8", "unshared_r": "1", "reduce_lora_A_x": "2",
@@ -90,7 +91,7 @@ def test_open_instruct_model_flags(caplog):
     args = finetune.parse_args(["--model_name_or_path", "m", "--train_file", "t", "--output_dir", "o",
                                 "--use_flash_attn", "--use_slow_tokenizer", "--low_cpu_mem_usage"])
     with caplog.at_level("INFO"):
-        kwargs = finetune.compatibility_kwargs(args, on_gpu=False)
+        kwargs = training_model.compatibility_kwargs(args, on_gpu=False)
     assert kwargs == {}  # no GPU: default attention, and the two transformers-4 flags only log
     assert "flash-attn" in caplog.text and "--use_slow_tokenizer changes nothing" in caplog.text
     assert "--low_cpu_mem_usage changes nothing" in caplog.text
@@ -114,7 +115,7 @@ def test_optimizer_choice_follows_open_instruct(flags, bits, paged):
     import torch
 
     args = finetune.parse_args(["--model_name_or_path", "m", "--train_file", "t", "--output_dir", "o", *flags])
-    optimizer = finetune.build_optimizer(torch.nn.Linear(64, 64), args)
+    optimizer = training_model.build_optimizer(torch.nn.Linear(64, 64), args)
     if bits is None:
         assert type(optimizer) is torch.optim.AdamW
     else:

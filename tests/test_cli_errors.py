@@ -491,8 +491,9 @@ def test_auto_resume_skips_a_corrupted_newest_checkpoint(world, tmp_path):
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from open_instruct import finetune, io_utils
+    from open_instruct.training import checkpoints
     point = os.environ["KILL_POINT"]
-    original_replace, original_results = io_utils.replace_dir, finetune.write_json
+    original_replace, original_results = io_utils.replace_dir, checkpoints.write_json
     def replace_dir(new, path):
         if point == "before_swap":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -503,7 +504,7 @@ KILLER = textwrap.dedent("""
         if point == "while_staging" and str(path).endswith("all_results.json"):
             os.kill(os.getpid(), signal.SIGKILL)
         return original_results(path, obj, **kwargs)
-    io_utils.replace_dir, finetune.write_json = replace_dir, write_json
+    io_utils.replace_dir, checkpoints.write_json = replace_dir, write_json
     finetune.main(sys.argv[1:])
 """)
 

@@ -60,6 +60,7 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     import accelerate
     from open_instruct import finetune
+    from open_instruct.training import checkpoints
     point = os.environ["KILL_POINT"]
     original_save_state = accelerate.Accelerator.save_state
     def save_state(self, output_dir=None, **kwargs):
@@ -68,12 +69,12 @@ KILLER = textwrap.dedent("""
             os.kill(os.getpid(), signal.SIGKILL)  # the checkpoint folder is half written
         return result
     accelerate.Accelerator.save_state = save_state
-    original_save_checkpoint = finetune.save_checkpoint
+    original_save_checkpoint = checkpoints.save_checkpoint
     def save_checkpoint(accelerator, output_dir, state, keep):
         original_save_checkpoint(accelerator, output_dir, state, keep)
         if point == "after_checkpoint" and state["global_step"] == 4:
             os.kill(os.getpid(), signal.SIGKILL)
-    finetune.save_checkpoint = save_checkpoint
+    checkpoints.save_checkpoint = save_checkpoint
     finetune.main(sys.argv[1:])
 """)
 

@@ -20,13 +20,14 @@ RANK_DUMP = textwrap.dedent("""
     from pathlib import Path
     import torch
     from open_instruct import finetune
-    original_save_final = finetune.save_final
+    from open_instruct.training import checkpoints
+    original_save_final = checkpoints.save_final
     def save_final(accelerator, model, *args, **kwargs):
         params = {n: p.detach().cpu().clone() for n, p in accelerator.unwrap_model(model).named_parameters()
                   if p.requires_grad}
         torch.save(params, Path(__file__).parent / f"rank{accelerator.process_index}.pt")
         original_save_final(accelerator, model, *args, **kwargs)
-    finetune.save_final = save_final
+    checkpoints.save_final = save_final
     finetune.main(sys.argv[1:])
 """)
 

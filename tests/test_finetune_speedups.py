@@ -13,10 +13,10 @@ from finetune_helpers import byte_tokenizer, load_adapter_tensors, make_tiny_che
 from helpers.models import make_tiny_llama
 from peft import LoraConfig, get_peft_model
 
-from open_instruct import finetune
 from open_instruct.encoding import IGNORE_INDEX
 from open_instruct.label_loss import CausalLMLoss
 from open_instruct.length_sampler import LengthGroupedSampler, length_grouped_order
+from open_instruct.training import data as training_data
 
 # ------------------------------------------------------------------------------------------- sampler
 
@@ -170,34 +170,34 @@ def test_token_cache_is_reused_and_invalidated(tmp_path, cache_root):
     tokenizer.add_special_tokens({"pad_token": "<pad>"})
     data = write_records(tmp_path / "train.jsonl", 12)
     args = data_args(train_file=str(data))
-    first, _ = finetune.load_datasets(args, tokenizer)
+    first, _ = training_data.load_datasets(args, tokenizer)
     entries = list(cache_root.iterdir())
     assert len(entries) == 1
-    fresh = finetune.encode_records(finetune.read_and_validate_records(str(data)), tokenizer, args, "train")
+    fresh = training_data.encode_records(training_data.read_and_validate_records(str(data)), tokenizer, args, "train")
     assert first["input_ids"] == fresh["input_ids"] and first["labels"] == fresh["labels"]
 
     calls = []
-    original = finetune.encode_records
+    original = training_data.encode_records
 
     def counting(*a, **k):
         calls.append(1)
         return original(*a, **k)
 
-    finetune.encode_records = counting
+    training_data.encode_records = counting
     try:
-        again, _ = finetune.load_datasets(args, tokenizer)
+        again, _ = training_data.load_datasets(args, tokenizer)
         assert not calls and again["input_ids"] == first["input_ids"]  # served from the cache
-        finetune.load_datasets(data_args(train_file=str(data), overwrite_cache=True), tokenizer)
+        training_data.load_datasets(data_args(train_file=str(data), overwrite_cache=True), tokenizer)
         assert len(calls) == 1  # --overwrite_cache re-encodes
-        finetune.load_datasets(data_args(train_file=str(data), max_seq_length=80), tokenizer)
+        training_data.load_datasets(data_args(train_file=str(data), max_seq_length=80), tokenizer)
         other = byte_tokenizer()
         other.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": ["<x>"]})
-        finetune.load_datasets(args, other)
+        training_data.load_datasets(args, other)
         write_records(data, 13)
-        finetune.load_datasets(args, tokenizer)
+        training_data.load_datasets(args, tokenizer)
         assert len(calls) == 4  # new length, new tokenizer, new file content: each a new entry
     finally:
-        finetune.encode_records = original
+        training_data.encode_records = original
     assert len(list(cache_root.iterdir())) == 4
     assert not [p for p in cache_root.iterdir() if p.name.startswith(".")]  # no half-written entries
 
@@ -207,8 +207,9 @@ def test_held_out_split_is_taken_after_dropping_untrainable_examples(tmp_path, c
     tokenizer.add_special_tokens({"pad_token": "<pad>"})
     data = write_records(tmp_path / "train.jsonl", 40)  # every 5th prompt fills max_seq_length: dropped
     args = data_args(train_file=str(data), eval_split_size=6)
-    train, held_out = finetune.load_datasets(args, tokenizer)
-    kept = finetune.encode_records(finetune.read_and_validate_records(str(data)), tokenizer, data_args(), "all")
+    train, held_out = training_data.load_datasets(args, tokenizer)
+    records = training_data.read_and_validate_records(str(data))
+    kept = training_data.encode_records(records, tokenizer, data_args(), "all")
     assert len(kept) == 32
     expected = datasets.Dataset.train_test_split(kept, test_size=6, seed=42)
     assert held_out["input_ids"] == expected["test"]["input_ids"]
@@ -219,7 +220,7 @@ def test_held_out_split_is_taken_after_dropping_untrainable_examples(tmp_path, c
 def test_held_out_batches_are_length_sorted_and_complete():
     from datasets import Dataset
 
-    from open_instruct.finetune import eval_dataloader
+    from open_instruct.training.data import eval_dataloader
 
     lengths = [5, 1, 9, 3, 3, 7, 2]
     dataset = Dataset.from_dict({"input_ids": [list(range(n)) for n in lengths], "row": list(range(len(lengths)))})
