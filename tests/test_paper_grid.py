@@ -249,3 +249,36 @@ def test_shipped_grids_load(name):
             continue
         config = load_config(path, smoke=smoke)
         assert expand_cells(config)
+
+
+def test_an_extending_file_that_changes_an_evals_module_does_not_inherit_its_args(tmp_path):
+    (tmp_path / "parent.yaml").write_text(yaml.safe_dump({
+        "evals": {"a": {"module": "eval.gsm.run_eval", "args": {"data_dir": "d", "n_shot": 8}},
+                  "b": {"module": "eval.bbh.run_eval", "args": {"data_dir": "d", "no_cot": True}}}}))
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({
+        "extends": "parent.yaml",
+        "evals": {"a": {"module": "eval.heldout.run_eval", "args": {"data_file": "f"}},  # another program
+                  "b": {"args": {"max_num_examples_per_task": 3}}}}))                       # same program
+    evals = read_yaml(tmp_path / "child.yaml")["evals"]
+    assert evals["a"] == {"module": "eval.heldout.run_eval", "args": {"data_file": "f"}}
+    assert evals["b"] == {"module": "eval.bbh.run_eval",
+                          "args": {"data_dir": "d", "no_cot": True, "max_num_examples_per_task": 3}}
+
+
+def test_cpu_grid_heldout_evals_get_only_their_own_flags():
+    from open_instruct.paper.grid import cell_stages
+
+    parent = read_yaml(Path("configs/experiments/mini_smollm2.yaml"))
+    own = yaml.safe_load(Path("configs/experiments/mini_smollm2_cpu.yaml").read_text())["evals"]
+    for smoke in (False, True):
+        config = load_config("configs/experiments/mini_smollm2_cpu.yaml", smoke=smoke)
+        cell = next(c for c in expand_cells(config) if c.method == "lora")
+        stages = {s.name: s.command for s in cell_stages(config, cell, Path("out") / cell.folder, "m")}
+        for name in ("asdiv", "bigbench"):
+            command = next(c for stage, c in stages.items() if stage.endswith(name))
+            assert command[2] == "eval.heldout.run_eval"
+            given = {token for token in command if token.startswith("--")}
+            inherited = {f"--{flag}" for flag in parent["evals"][name]["args"]} - {
+                f"--{flag}" for flag in own[name]["args"]}
+            assert inherited and not given & inherited, (name, given & inherited)
+            assert {"--data_file", "--answer", "--use_chat_format"} <= given  # eval_args are still inherited

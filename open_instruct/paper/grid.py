@@ -21,6 +21,7 @@ YAML layout (see ``configs/experiments/*.yaml``)::
     # reduce_lora_A_x, reduce_lora_B_x, enable_lora_rotation), see open_instruct.peft_methods.PROLORA_SETTINGS
     summary: {task: mini, plot_columns: [ASDiv EM]}
     extends: common/base.yaml         # optional: a file (relative to this one) that this one is merged over
+                                      # (an eval given another module there starts afresh: no inherited args)
     smoke: {...}                      # deep-merged over the file with --smoke (fewer steps/examples, 1 seed);
                                       # a null value there removes a setting or an eval
 
@@ -151,8 +152,20 @@ def read_yaml(path: Path) -> dict:
     if not isinstance(config, dict):
         raise GridConfigError(f"{path}: expected a mapping at the top level")
     if "extends" in config:
-        config = deep_merge(read_yaml(path.parent / config.pop("extends")), config)
+        base = read_yaml(path.parent / config.pop("extends"))
+        config = deep_merge(without_replaced_evals(base, config), config)
     return config
+
+
+def without_replaced_evals(base: dict, override: dict) -> dict:
+    """`base` less the evals that `override` gives another module: their args were flags of another program, so
+    such an eval is taken from `override` alone instead of merged over the one it replaces."""
+    evals, new = base.get("evals"), override.get("evals")
+    if not isinstance(evals, dict) or not isinstance(new, dict):
+        return base
+    replaced = {name for name, spec in new.items() if isinstance(spec, dict) and "module" in spec
+                and isinstance(evals.get(name), dict) and evals[name].get("module") != spec["module"]}
+    return {**base, "evals": {name: spec for name, spec in evals.items() if name not in replaced}}
 
 
 def load_config(path, smoke: bool = False) -> dict:
