@@ -1,4 +1,4 @@
-"""The one registry of the fine-tuning methods: LoRA, PRoLoRA, VeRA and Tied-LoRA.
+"""The one registry of the fine-tuning methods: LoRA, PRoLoRA, MoS, VeRA and Tied-LoRA.
 
 Each `PeftMethod` says everything the harness needs to know about a method, so finetune (`--peft_method`), merge,
 the evals (which PEFT type an adapter folder holds), the grid, the summarizer and the parameter calculator read it
@@ -8,11 +8,13 @@ from here instead of keeping their own lists:
 * ``peft_type``: what ``adapter_config.json`` records; ``package``: the module whose import registers that type with
   PEFT (None for PEFT's own methods);
 * ``build``: ``finetune.py``'s parsed arguments -> the PEFT config (reading ``lora_rank``, ``lora_alpha``,
-  ``lora_dropout``, ``lora_target_modules`` and, for PRoLoRA only, the `PROLORA_SETTINGS`);
+  ``lora_dropout``, ``lora_target_modules`` and, for PRoLoRA only, the `PROLORA_SETTINGS`, for MoS only the
+  `MOS_SETTINGS`);
 * ``count_params``: the trainable-parameter formula over a decoder's projection shapes (`open_instruct.paper.params`).
 
 Also defined here, once: the seven Llama projection names (`LLAMA_PROJECTIONS`) and the spelling of the PRoLoRA
-settings across config, command line and grid (`PROLORA_SETTINGS`). Importing this module is cheap (no torch, no
+and MoS settings across config, command line and grid (`PROLORA_SETTINGS`, `MOS_SETTINGS`; `add_mos_arguments`
+puts the MoS flags on finetune's argument group). Importing this module is cheap (no torch, no
 peft): the builders import what they need when called.
 """
 
@@ -63,6 +65,41 @@ PROLORA_SETTINGS = (
 )
 
 
+# MoS (Mixture of Shards, `prolora.mos`): r is --lora_rank; one switch per differentiation strategy of the paper.
+MOS_SETTINGS = (
+    ProLoraSetting("mos_r", "mos_r", None, ("R",)),
+    ProLoraSetting("private_r", "mos_private_r", 0, ("p",)),
+    ProLoraSetting("shards_per_vector", "mos_shards_per_vector", 1, ("l",)),
+    ProLoraSetting("subset_selection", "no_mos_subset_selection", True, negated=True),
+    ProLoraSetting("pair_dissociation", "no_mos_pair_dissociation", True, negated=True),
+    ProLoraSetting("global_pool", "no_mos_global_pool", True, negated=True),
+)
+
+_MOS_HELP = {
+    "mos_r": "MoS: equivalent LoRA rank R of the shard pools (trainable count = LoRA at rank R; default: "
+             "--lora_rank)",
+    "mos_private_r": "MoS: rank vectors per layer made of private shards (shard privatization, p)",
+    "mos_shards_per_vector": "MoS: shards per rank vector (vector sharding, l; 1 = whole vectors)",
+    "no_mos_subset_selection": "MoS ablation: every layer takes the same shared shards",
+    "no_mos_pair_dissociation": "MoS ablation: B uses A's shard indices",
+    "no_mos_global_pool": "MoS ablation: a shard pool per layer instead of per projection type",
+}
+
+
+def add_mos_arguments(group) -> None:
+    """Add the `MOS_SETTINGS` flags to an argparse group (finetune's "parameter-efficient fine-tuning")."""
+    for setting in MOS_SETTINGS:
+        if setting.negated:
+            group.add_argument(f"--{setting.flag}", action="store_true", help=_MOS_HELP[setting.flag])
+        else:
+            group.add_argument(f"--{setting.flag}", type=int, default=setting.default, help=_MOS_HELP[setting.flag])
+
+
+def mos_setting(name: str) -> Optional[ProLoraSetting]:
+    """The MoS setting called ``name`` (its config field, flag or an alias), or None."""
+    return next((s for s in MOS_SETTINGS if name in (s.field, s.flag) or name in s.aliases), None)
+
+
 def prolora_setting(name: str) -> Optional[ProLoraSetting]:
     """The setting called ``name`` (its config field or an alias), or None."""
     return next((s for s in PROLORA_SETTINGS if name == s.field or name in s.aliases), None)
@@ -89,6 +126,15 @@ def build_prolora(args: Namespace) -> PeftConfig:
     settings = {s.field: s.config_value(args) for s in PROLORA_SETTINGS}
     return ProLoraConfig(task_type="CAUSAL_LM", r=args.lora_rank, lora_alpha=args.lora_alpha,
                          lora_dropout=args.lora_dropout, target_modules=target_modules(args), **settings)
+
+
+def build_mos(args: Namespace) -> PeftConfig:
+    from prolora import MosConfig
+
+    # A parser without the MoS flags gets the defaults (the settings' own).
+    settings = {s.field: s.config_value(args) if hasattr(args, s.flag) else s.default for s in MOS_SETTINGS}
+    return MosConfig(task_type="CAUSAL_LM", r=args.lora_rank, lora_alpha=args.lora_alpha,
+                     lora_dropout=args.lora_dropout, target_modules=target_modules(args), **settings)
 
 
 def build_vera(args: Namespace) -> PeftConfig:
@@ -119,6 +165,16 @@ def prolora_params(shapes: Shapes, num_layers: int, r: int, u: int = 0, m: int =
     from prolora.params import prolora_layer_params
 
     return num_layers * sum(prolora_layer_params(d_in, d_out, r, u, m, n) for d_in, d_out in shapes.values())
+
+
+def mos_params(shapes: Shapes, num_layers: int, r: int, u: int = 0, m: int = 1, n: int = 1, *,
+               mos_r: Optional[int] = None, shards_per_vector: int = 1) -> int:
+    # One pool pair per projection type over all layers: R * L * l * (ceil(d_in/l) + ceil(d_out/l)) (`prolora.mos`);
+    # the same with a pool per layer. Neither r nor private_r changes it.
+    from prolora.mos import pool_params
+
+    R = r if mos_r is None else mos_r
+    return sum(pool_params(d_in, d_out, R, num_layers, shards_per_vector) for d_in, d_out in shapes.values())
 
 
 def vera_params(shapes: Shapes, num_layers: int, r: int, u: int = 0, m: int = 1, n: int = 1) -> int:
@@ -153,6 +209,7 @@ class PeftMethod:
 METHODS: dict[str, PeftMethod] = {m.name: m for m in (
     PeftMethod("lora", "LoRA", "LORA", None, build_lora, lora_params),
     PeftMethod("prolora", "PRoLoRA", "PROLORA", "prolora", build_prolora, prolora_params),
+    PeftMethod("mos", "MoS", "MOS", "prolora", build_mos, mos_params),
     PeftMethod("vera", "VeRA", "VERA", None, build_vera, vera_params, has_alpha=False),
     PeftMethod("tied_lora", "Tied-LoRA", "TIED_LORA", "open_instruct.tied_lora", build_tied_lora, tied_lora_params),
 )}
@@ -180,6 +237,11 @@ def build_peft_config(args: Namespace) -> PeftConfig:
             if value != setting.flag_value(setting.default):
                 raise ValueError(f"--{setting.flag}={value} only applies to --peft_method prolora, "
                                  f"not {args.peft_method}")
+    if args.peft_method != "mos":
+        for setting in MOS_SETTINGS:
+            value = getattr(args, setting.flag, setting.flag_value(setting.default))
+            if value != setting.flag_value(setting.default):
+                raise ValueError(f"--{setting.flag}={value} only applies to --peft_method mos, not {args.peft_method}")
     return METHODS[args.peft_method].build(args)
 
 

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Trainable-parameter counts of LoRA / PRoLoRA / VeRA / Tied-LoRA per model and rank (Markdown, CSV, PNG).
+"""Trainable-parameter counts of LoRA / PRoLoRA / MoS / VeRA / Tied-LoRA per model and rank (Markdown, CSV, PNG).
 
     python scripts/calculate_params.py                                   # Llama-2-7B and 13B, default methods
     python scripts/calculate_params.py --model offline:smollm2 --ranks 8 16 --methods lora prolora:u=1:m=2:n=2
     python scripts/calculate_params.py --model path/to/config.json --modules q_proj v_proj --output_dir out/
 
-Methods: lora, vera, tied_lora, prolora[:u=U][:m=M][:n=N]. Models: llama2-7b, llama2-13b, smollm2-135m,
-offline:smollm2, or a config.json / model folder. Formulas: `open_instruct.paper.params`.
+Methods: lora, vera, tied_lora, prolora[:u=U][:m=M][:n=N], mos[:R=R][:p=P][:l=L] (R: the pool's equivalent rank,
+default r). Models: llama2-7b, llama2-13b, smollm2-135m, offline:smollm2, or a config.json / model folder.
+Formulas: `open_instruct.paper.params`.
 """
 
 from pathlib import Path
@@ -22,7 +23,8 @@ from open_instruct.paper.params import (
 )
 from open_instruct.paper.summarize import to_csv
 
-DEFAULT_METHODS = ["lora", "prolora:u=0:m=2:n=2", "prolora:u=1:m=2:n=2", "prolora:u=1:m=4:n=4", "vera", "tied_lora"]
+DEFAULT_METHODS = ["lora", "prolora:u=0:m=2:n=2", "prolora:u=1:m=2:n=2", "prolora:u=1:m=4:n=4", "mos:R=1:l=4",
+                   "mos:R=2:p=1:l=4", "vera", "tied_lora"]
 
 
 def main(argv=None) -> int:

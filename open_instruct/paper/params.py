@@ -1,10 +1,12 @@
-"""Trainable-parameter counts of LoRA, PRoLoRA, VeRA and Tied-LoRA for a Llama-style model, without building it.
+"""Trainable-parameter counts of LoRA, PRoLoRA, MoS, VeRA and Tied-LoRA for a Llama-style model, without building it.
 
 Each method's count is a sum over the adapted projections of a decoder with L layers; the formulas are the
 methods' ``count_params`` in the registry (`open_instruct.peft_methods`):
 
 * LoRA      ``L * sum r (d_in + d_out)``
 * PRoLoRA   ``L * sum (r-u) ceil(d_in/m) + (r-u) ceil(d_out/n) + u (d_in + d_out)``  (`prolora.params`)
+* MoS       ``sum over projection types of R * L * l * (ceil(d_in/l) + ceil(d_out/l))`` (`prolora.mos`): the shard
+            pools, whatever the per-layer rank r; ``= L * sum R (d_in + d_out)`` (LoRA at rank R) when l divides
 * VeRA      ``L * sum (d_out + r)``: PEFT's trainable lambda_b (d_out) and lambda_d (r); its random A/B are frozen
 * Tied-LoRA ``sum over projection types of r (d_in + d_out)`` (one shared A, B each) ``+ L * sum (r + d_out)``
             (per-layer u, v), all four factors trained (the paper's vBuA)
@@ -19,8 +21,9 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
-from open_instruct.peft_methods import LLAMA_PROJECTIONS, prolora_setting
+from open_instruct.peft_methods import LLAMA_PROJECTIONS, mos_setting, prolora_setting
 from open_instruct.peft_methods import METHODS as _REGISTRY
 
 METHODS = tuple(_REGISTRY)
@@ -92,13 +95,17 @@ def resolve_model_dims(spec: str) -> ModelDims:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One adapter setting: method, rank and (PRoLoRA only) unshared ranks u and sharing multiples m, n."""
+    """One adapter setting: method, rank and (PRoLoRA only) unshared ranks u and sharing multiples m, n, (MoS only)
+    the pool's equivalent rank R (None = r), private ranks p and shards per vector l."""
 
     method: str
     r: int
     unshared_r: int = 0
     m: int = 1
     n: int = 1
+    mos_r: Optional[int] = None
+    private_r: int = 0
+    shards: int = 1
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -106,12 +113,19 @@ class MethodSpec:
         if self.r < 1 or not 0 <= self.unshared_r <= self.r or self.m < 1 or self.n < 1:
             raise ValueError(f"invalid hyper-parameters for {self.method}: "
                              f"r={self.r} u={self.unshared_r} m={self.m} n={self.n}")
+        R = self.r if self.mos_r is None else self.mos_r
+        if self.method == "mos" and not (R >= 1 and self.shards >= 1 and 0 <= self.private_r <= min(self.r, R)
+                                         and (self.private_r < R or self.r == R)):
+            raise ValueError(f"invalid hyper-parameters for mos: r={self.r} R={R} p={self.private_r} "
+                             f"l={self.shards} (need R, l >= 1, 0 <= p <= min(r, R), and r = R if p = R)")
 
     @property
     def label(self) -> str:
         label = _REGISTRY[self.method].label
         if self.method == "prolora":
             return f"{label} (u={self.unshared_r}, m={self.m}, n={self.n})"
+        if self.method == "mos":
+            return f"{label} (R={self.r if self.mos_r is None else self.mos_r}, p={self.private_r}, l={self.shards})"
         return label
 
 
@@ -127,6 +141,12 @@ def count_params(dims: ModelDims, spec: MethodSpec, modules=LLAMA_PROJECTIONS) -
             which, value, size = ("m", spec.m, f"input size {d_in}") if spec.m > d_in else \
                 ("n", spec.n, f"output size {d_out}")
             raise ValueError(f"{spec.method}: {which}={value} is larger than {name}'s {size} in {dims.name}")
+    if spec.method == "mos":
+        for name, (d_in, d_out) in adapted.items():
+            if spec.shards > min(d_in, d_out):
+                raise ValueError(f"mos: l={spec.shards} is larger than {name}'s size {min(d_in, d_out)} in {dims.name}")
+        return _REGISTRY["mos"].count_params(adapted, dims.num_layers, spec.r, mos_r=spec.mos_r,
+                                             shards_per_vector=spec.shards)
     return _REGISTRY[spec.method].count_params(adapted, dims.num_layers, spec.r, spec.unshared_r, spec.m, spec.n)
 
 
@@ -134,8 +154,19 @@ def parse_method_spec(text: str, r: int) -> MethodSpec:
     """``"lora"``, ``"vera"``, ``"tied_lora"`` or ``"prolora:u=1:m=2:n=2"`` (missing keys: u=0, m=n=1) at rank r.
 
     The keys may also be spelled as the config fields (``unshared_r``, ``reduce_lora_A_x``, ``reduce_lora_B_x``).
+    MoS: ``"mos:R=2:p=1:l=4"`` (or ``mos_r``, ``private_r``, ``shards_per_vector``; missing: R=r, p=0, l=1).
     """
     name, *options = text.split(":")
+    if name == "mos":
+        mos = {"R": None, "p": 0, "l": 1}
+        for option in options:
+            key, sep, value = option.partition("=")
+            setting = mos_setting(key)
+            key = setting.aliases[0] if setting and setting.aliases else key
+            if not sep or key not in mos or not value.isdigit():
+                raise ValueError(f"bad method option {option!r} in {text!r}; expected R=<int>, p=<int> or l=<int>")
+            mos[key] = int(value)
+        return MethodSpec("mos", r, mos_r=mos["R"], private_r=mos["p"], shards=mos["l"])
     values = {"u": 0, "m": 1, "n": 1}
     for option in options:
         key, sep, value = option.partition("=")
@@ -145,7 +176,7 @@ def parse_method_spec(text: str, r: int) -> MethodSpec:
             raise ValueError(f"bad method option {option!r} in {text!r}; expected u=<int>, m=<int> or n=<int>")
         values[key] = int(value)
     if name != "prolora" and options:
-        raise ValueError(f"only prolora takes options, got {text!r}")
+        raise ValueError(f"only prolora and mos take options, got {text!r}")
     return MethodSpec(name, r, values["u"], values["m"], values["n"])
 
 

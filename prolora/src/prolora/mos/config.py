@@ -25,8 +25,9 @@ class MosConfig(PeftConfig):
     """
 
     r: int = field(default=8, metadata={"help": "Rank of every layer's assembled A and B (the scaling is alpha / r)."})
-    mos_r: int = field(
-        default=1, metadata={"help": "R: equivalent LoRA rank of the pool (trainable count = LoRA at rank R)."}
+    mos_r: Optional[int] = field(
+        default=None,
+        metadata={"help": "R: equivalent LoRA rank of the pool (trainable count = LoRA at rank R); None = r."},
     )
     private_r: int = field(
         default=0, metadata={"help": "p: rank vectors per layer made of private shards (shard privatization; 0 = off)."}
@@ -72,6 +73,8 @@ class MosConfig(PeftConfig):
     def __post_init__(self):
         super().__post_init__()
         self.peft_type = MosPeftType.MOS
+        if self.mos_r is None:  # LoRA's budget at rank r: a default that builds on any model
+            self.mos_r = self.r
         for name in ("target_modules", "exclude_modules"):  # PEFT's convention: a list of names becomes a set
             if isinstance(getattr(self, name), list):
                 setattr(self, name, set(getattr(self, name)))
