@@ -154,3 +154,52 @@ def test_training_with_dropout_keeps_less_than_lora():
         model.train()
         saved[name] = _saved_bytes(model, x)
     assert saved["prolora"] < 0.5 * saved["lora"], saved
+
+
+def test_zero3_path_draws_the_fused_dropout(monkeypatch):
+    """Under ZeRO-3 (parameters carry ``ds_id``) the layer takes plain autograd; its dropout is the fused path's
+    draw (no ``nn.Dropout`` call), so for one seed both paths give the same output and gradients."""
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = torch.nn.Linear(32, 48)
+
+        def forward(self, x):
+            return self.q(x)
+
+    torch.manual_seed(0)
+    config = P.ProLoraConfig(r=4, unshared_r=1, reduce_lora_A_x=2, reduce_lora_B_x=2, lora_dropout=0.3,
+                             target_modules=["q"])
+    model = get_peft_model(Block(), config)
+    model.train()
+    x = torch.randn(3, 5, 32)
+    layer = model.base_model.model.q
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        for param in trainable:  # B starts at zero: make every factor matter
+            param.normal_()
+
+    def run():
+        torch.manual_seed(7)
+        y = model(x)
+        return y.detach(), torch.autograd.grad(y.square().sum(), trainable)
+
+    fused_y, fused_grads = run()
+    for param in trainable:
+        param.ds_id = 0  # what DeepSpeed ZeRO-3 puts on a partitioned parameter
+    rebuilds = []
+    original_rebuild = type(layer).rebuild
+    monkeypatch.setattr(type(layer), "rebuild",
+                        lambda self, name: rebuilds.append(name) or original_rebuild(self, name))
+
+    def no_nn_dropout(self, h):
+        raise AssertionError("the ZeRO-3 path called nn.Dropout")
+    monkeypatch.setattr(torch.nn.Dropout, "forward", no_nn_dropout)
+    zero3_y, zero3_grads = run()
+    assert rebuilds == ["default"]  # the ZeRO-3 branch ran
+    torch.testing.assert_close(zero3_y, fused_y, rtol=1e-5, atol=1e-5)
+    for a, b in zip(zero3_grads, fused_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(zero3_y, model(x))  # dropout did change the training output

@@ -13,6 +13,7 @@ from peft.utils.integrations import gather_params_ctx
 from torch import nn
 
 from prolora.config import ProLoraConfig
+from prolora.dropout import apply_dropped, sample_dropped
 from prolora.mixed_batch import check_forward_args, sub_batches
 from prolora.peft_compat import get_in_out_features
 from prolora.rebuild import (
@@ -197,13 +198,16 @@ class Linear(nn.Module, ProLoraLayer):
             # Cast explicitly (the authors' code crashed here with autocast off); autocast still wins when on.
             h = self._cast_input_dtype(x, params[0].dtype)
             dropout = self.prolora_dropout[name]
-            if any(hasattr(p, "ds_id") for p in params):
+            p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+            if any(hasattr(param, "ds_id") for param in params):
                 # DeepSpeed ZeRO-3 frees partitioned parameters after forward; plain autograd never needs the
-                # chunks' values in backward (only the rebuilt A and B), so use it there.
+                # chunks' values in backward (only the rebuilt A and B), so use it there, with the fused path's
+                # dropout draws (the same entries for the same seed) and 1 / (1 - p) on the rank-r side.
                 A, B = self.rebuild(name)
-                result = result + F.linear(F.linear(dropout(h), A) * self.scaling[name], B)
+                if p > 0:
+                    h = apply_dropped(h, sample_dropped(h.shape, p, h.device))
+                result = result + F.linear(F.linear(h, A) * (self.scaling[name] / (1 - p)), B)
             else:  # the fused path draws dropout itself (`prolora.dropout`), and adds onto `result` in its matmul
-                p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
                 A0, B0, A_u, B_u = self._chunks(name)
                 result = prolora_delta(h, A0, A_u, B0, B_u, self.geometry(name), self.scaling[name], result, p)
         return result.to(previous_dtype)
