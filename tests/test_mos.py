@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -304,3 +305,47 @@ def test_mixed_batch_rows_get_their_own_adapter():
         base = model(ids).logits
     mixed = model(ids, adapter_names=["other", "__base__", "default"]).logits
     torch.testing.assert_close(mixed, torch.stack([second[0], base[1], first[2]]), rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    ids = torch.randint(0, 128, (2, 6), generator=torch.Generator().manual_seed(5))
+    grads = []
+    for checkpointing in (False, True):
+        model = adapted("all_on_l3_p1").train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model(ids, labels=ids).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-7)
+
+
+def test_on_a_4bit_base_it_trains_merges_and_exports(tmp_path):
+    bnb = pytest.importorskip("bitsandbytes")
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    make_tiny_llama(hidden_size=128, intermediate_size=192, num_layers=3).save_pretrained(tmp_path / "base")
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", quantization_config=quant, device_map="cpu")
+    torch.manual_seed(1)
+    model = get_peft_model(base, MosConfig(**(CASES["all_on_l3_p1"] | {"init_weights": False})))
+    assert isinstance(mos_layers(model)[0][1].base_layer, bnb.nn.Linear4bit)
+    ids = torch.randint(0, 128, (2, 5))
+    model.train()
+    model(ids, labels=ids).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+    model.eval()
+    load = partial(AutoModelForCausalLM.from_pretrained, tmp_path / "base", quantization_config=quant,
+                   device_map="cpu")
+    with torch.no_grad():
+        expected = model(ids).logits
+        export_mos_as_lora(model, tmp_path / "lora")
+        lora = PeftModel.from_pretrained(load(), tmp_path / "lora").eval()
+        torch.testing.assert_close(lora(ids).logits, expected, rtol=1e-5, atol=1e-5)
+        # merging dequantizes, adds dW and re-quantizes: W_after = W_before + dW up to NF4's rounding
+        q = mos_layers(model)[0][1]
+        before, delta = q.get_base_weight().clone(), q.get_delta_weight("default")
+        model.merge_adapter()
+        assert (q.get_base_weight() - (before + delta)).abs().mean() < 0.25 * delta.abs().mean()
+        assert torch.isfinite(model(ids).logits).all()
