@@ -115,9 +115,7 @@ def load_model_and_tokenizer(model_name_or_path: str | None, tokenizer_name_or_p
                 " (NF4-dequantised, as the QLoRA adapter was trained on it)" if trained_on else "")
     try:
         if trained_on is not None:  # the weights merge_lora --qlora merges into: the merged checkpoint's numbers
-            from open_instruct.merge_lora import load_dequantized_base
-
-            model = load_dequantized_base(model_name_or_path)
+            model = base_quantization.load_dequantized_base(model_name_or_path)
         else:
             model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **kwargs)
     except OSError as err:

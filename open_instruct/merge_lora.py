@@ -27,6 +27,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from open_instruct.base_quantization import load_dequantized_base
 from open_instruct.cli import (
     ArgumentParser,
     UsageError,
@@ -96,34 +97,6 @@ def load_tokenizer(args):
     has_own = (adapter_dir / "tokenizer_config.json").is_file()
     source = args.tokenizer_name_or_path or (adapter_dir if has_own else args.base_model_name_or_path)
     return AutoTokenizer.from_pretrained(source)
-
-
-def load_dequantized_base(path: str):
-    """The base as QLoRA training saw it (NF4 + double quant), returned as an ordinary model with those weights."""
-    import bitsandbytes as bnb
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.initialization import no_init_weights
-
-    from open_instruct.peft_methods import qlora_compute_dtype, qlora_quantization_config
-
-    on_gpu = torch.cuda.is_available()
-    dtype = qlora_compute_dtype(on_gpu)
-    quantized = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, device_map={"": 0 if on_gpu else "cpu"},
-        quantization_config=qlora_quantization_config(dtype))
-    with no_init_weights():  # every weight is overwritten below; skip the random initialisation
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=dtype)
-    with torch.no_grad():
-        for name, target in tqdm(model.state_dict().items(), desc="dequantize"):
-            module_name, _, leaf = name.rpartition(".")
-            tensor = getattr(quantized.get_submodule(module_name), leaf)
-            if isinstance(tensor, bnb.nn.Params4bit):
-                tensor = bnb.functional.dequantize_4bit(tensor.data, tensor.quant_state)
-            target.copy_(tensor.to("cpu", dtype))
-    del quantized
-    return model
 
 
 def merge(args) -> Path:

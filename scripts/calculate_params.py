@@ -17,6 +17,7 @@ from open_instruct.io_utils import write_text
 from open_instruct.paper.params import (
     LLAMA_PROJECTIONS,
     params_table,
+    parse_method_spec,
     plot_params_vs_rank,
     resolve_model_dims,
     rows_to_markdown,
@@ -37,6 +38,9 @@ def main(argv=None) -> int:
                         help="write params.md, params.csv and params_vs_rank.png here (default: print only)")
     args = parser.parse_args(argv)
     try:
+        for text in args.methods:  # every spec at every rank is checked before a formula imports torch and peft
+            for r in args.ranks:
+                parse_method_spec(text, r)
         rows = params_table([resolve_model_dims(m) for m in args.model], args.methods, args.ranks, args.modules)
     except ValueError as err:
         raise UsageError(str(err)) from None

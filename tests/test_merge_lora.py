@@ -8,7 +8,7 @@ from finetune_helpers import byte_tokenizer, make_tiny_checkpoint
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from open_instruct.merge_lora import load_dequantized_base
+from open_instruct.base_quantization import load_dequantized_base
 from open_instruct.merge_lora import main as merge_main
 from open_instruct.peft_methods import LLAMA_PROJECTIONS
 from prolora import ProLoraConfig

@@ -5,9 +5,11 @@ which is the protocol for comparing with the paper. A small model tuned for a fe
 (the CPU mini-replication) is better measured on the held-out part of *that* set, asked exactly as in training:
 
 Data: ``--data_file``, open-instruct ``messages`` jsonl (what ``open_instruct.offline_data`` and the converters
-write). The prompt is every message but the last, in the chat format (``--chat_formatting_function``, tulu by
-default, as finetune encodes), ending with the assistant tag; the gold answer is the last (assistant) message.
-Greedy, stopping at the first newline. ``--max_num_examples`` takes a random subset (seed 42).
+write). The prompt is every message but the last; the gold answer is the last (assistant) message. With
+``--use_chat_format`` (finetune trains on the chat format: give it to ask as in training) the prompt is in the
+chat format (``--chat_formatting_function``, tulu by default, as finetune encodes), ending with the assistant tag;
+without it, as in the other evals, it is plain text: the messages' contents, a blank line between two, and a
+newline after the last. Greedy, stopping at the first newline. ``--max_num_examples`` takes a random subset (seed 42).
 
 Scoring (``--answer``): ``number`` — the last number of the output equals the last number of the gold answer
 ("The answer is 9." vs "9"; ASDiv); ``text`` — the output equals the gold answer after lower-casing and deleting
@@ -50,6 +52,11 @@ def load_conversations(path: Path) -> list[dict]:
     return examples
 
 
+def plain_prompt(messages: list[dict]) -> str:
+    """The prompt without ``--use_chat_format``: the contents of the messages, no role tags."""
+    return "\n\n".join(m["content"] for m in messages) + "\n"
+
+
 def is_correct(prediction: str, gold: str, answer: str) -> bool:
     if answer == "text":
         return exact_match([prediction.strip()], [gold.strip()]) == 1.0
@@ -72,7 +79,8 @@ def main(args: argparse.Namespace) -> dict:
     from eval.backends import make_backend
 
     backend = make_backend(args)
-    formatter = resolve_chat_formatter(args.chat_formatting_function, backend.tokenizer)
+    formatter = resolve_chat_formatter(args.chat_formatting_function, backend.tokenizer) if args.use_chat_format \
+        else plain_prompt
     prompts = [formatter(ex["messages"][:-1]) for ex in examples]
     outputs = [o[0] for o in backend.generate(prompts, args.max_new_tokens, stop=["\n"],
                                               batch_size=args.eval_batch_size)]

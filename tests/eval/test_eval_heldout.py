@@ -57,7 +57,7 @@ def scripted(monkeypatch, smollm2_tokenizer):
 
 def test_number_answers_and_training_format_prompts(tmp_path, scripted):
     fake = scripted(ANSWERS)
-    save_dir, metrics = run(tmp_path, write(tmp_path, CONVERSATIONS), "--answer", "number")
+    save_dir, metrics = run(tmp_path, write(tmp_path, CONVERSATIONS), "--answer", "number", "--use_chat_format")
     assert metrics == {"accuracy": pytest.approx(2 / 3), "num_examples": 3}
     prompts, stop = fake.calls[0]
     assert stop == ["\n"]
@@ -66,6 +66,23 @@ def test_number_answers_and_training_format_prompts(tmp_path, scripted):
     assert prompts[2].startswith("<|system|>\nBe brief.\n") and prompts[2].endswith("<|assistant|>\n")
     rows = [json.loads(line) for line in (save_dir / "predictions.jsonl").read_text().splitlines()]
     assert [(r["id"], r["correct"]) for r in rows] == [("m1", True), ("m2", False), ("m3", True)]
+
+
+def test_without_chat_format_the_prompt_is_plain_text(tmp_path, scripted):
+    fake = scripted(ANSWERS)
+    _, metrics = run(tmp_path, write(tmp_path, CONVERSATIONS), "--answer", "number")
+    assert metrics == {"accuracy": pytest.approx(2 / 3), "num_examples": 3}
+    prompts, stop = fake.calls[0]
+    assert stop == ["\n"]
+    assert prompts[0] == "Tom has 3 boxes of 4 pens. How many pens?\n"
+    assert prompts[2] == "Be brief.\n\nWhat is 1,000 + 500?\n"
+    assert not any("<|" in p for p in prompts)  # no chat tags of any format
+    # --chat_formatting_function alone changes nothing: the format is asked for with --use_chat_format
+    run(tmp_path, write(tmp_path, CONVERSATIONS), "--answer", "number", "--chat_formatting_function", "zephyr")
+    assert fake.calls[1][0] == prompts
+    run(tmp_path, write(tmp_path, CONVERSATIONS), "--answer", "number", "--use_chat_format",
+        "--chat_formatting_function", "zephyr")
+    assert fake.calls[2][0] != prompts and all(p.rstrip().endswith("<|assistant|>") for p in fake.calls[2][0])
 
 
 def test_text_answers_ignore_case_and_punctuation(tmp_path, scripted):
@@ -82,8 +99,8 @@ def test_subset_is_seeded_and_capped(tmp_path, scripted):
                                          {"role": "assistant", "content": "12"}]} for i in range(20)]
     fake = scripted({"Tom has": "12"})
     data = write(tmp_path, many)
-    _, first = run(tmp_path, data, "--max_num_examples", "5")
-    _, again = run(tmp_path, data, "--max_num_examples", "5")
+    _, first = run(tmp_path, data, "--max_num_examples", "5", "--use_chat_format")
+    _, again = run(tmp_path, data, "--max_num_examples", "5", "--use_chat_format")
     assert first["num_examples"] == 5 and fake.calls[0][0] == fake.calls[1][0]
     assert fake.calls[0][0] != [create_prompt_with_tulu_chat_format(c["messages"][:-1]) for c in many[:5]]
 
