@@ -1,7 +1,8 @@
 """Serve many adapters on one base model: ``python -m open_instruct.serve``.
 
 LoRA servers (vLLM, TGI/LoRAX) read only ``lora_A``/``lora_B`` tensors, so every PRoLoRA, Tied-LoRA or VeRA adapter
-is first written as an equivalent vanilla LoRA adapter (PRoLoRA: `prolora.export_as_lora`, exact; Tied-LoRA and
+is first written as an equivalent vanilla LoRA adapter (PRoLoRA: `prolora.export_as_lora`, MoS:
+`prolora.export_mos_as_lora`, both exact; Tied-LoRA and
 VeRA: ``peft.convert_to_lora`` at the adapter's own rank, where their update is exactly rank r). Exports are cached
 under ``--cache_dir`` in a folder named by a hash of the adapter's files and the base model, so serving the same
 adapter again costs nothing and a retrained adapter never reuses a stale export. LoRA adapters are served as
@@ -40,7 +41,7 @@ logger = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 # vLLM accepts only these values as max_lora_rank (vllm/config/lora.py).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-SERVABLE_TYPES = ("LORA", "PROLORA", "TIED_LORA", "VERA")
+SERVABLE_TYPES = ("LORA", "PROLORA", "MOS", "TIED_LORA", "VERA")
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 REPO_VLLM = Path(__file__).resolve().parent.parent / ".venv-vllm" / "bin" / "vllm"
 
@@ -195,7 +196,7 @@ def export_servable(base_model: str, adapters: list[Adapter], cache_dir: Path | 
     from transformers import AutoModelForCausalLM
 
     import open_instruct.tied_lora  # noqa: F401  (registers TIED_LORA)
-    from prolora import export_as_lora
+    from prolora import export_as_lora, export_mos_as_lora
 
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     for adapter, out in todo:
@@ -204,6 +205,8 @@ def export_servable(base_model: str, adapters: list[Adapter], cache_dir: Path | 
         peft_model = PeftModel.from_pretrained(model, str(adapter.path), adapter_name=adapter.name)
         if adapter.peft_type == "PROLORA":
             export_as_lora(peft_model, out, adapter_name=adapter.name)
+        elif adapter.peft_type == "MOS":
+            export_mos_as_lora(peft_model, out, adapter_name=adapter.name)
         else:
             _write_converted_lora(peft_model, adapter, out)
         model = peft_model.unload()  # the base model again, without this adapter's layers

@@ -76,3 +76,25 @@ def test_llama2_7b_figure_of_the_authors_runs():
         params.parse_method_spec("mos:u=1", 8)
     with pytest.raises(ValueError, match="invalid hyper-parameters for mos"):
         params.parse_method_spec("mos:R=2:p=2", 8)
+
+
+def test_serve_exports_a_mos_adapter_as_an_exact_lora(tmp_path):
+    from helpers.models import make_tiny_llama
+    from peft import PeftModel, get_peft_model
+
+    from open_instruct import serve
+    from prolora import MosConfig
+
+    make_tiny_llama(hidden_size=40, intermediate_size=50, num_layers=3).save_pretrained(tmp_path / "base")
+    torch.manual_seed(0)
+    model = get_peft_model(make_tiny_llama(hidden_size=40, intermediate_size=50, num_layers=3),
+                           MosConfig(r=4, mos_r=2, shards_per_vector=3, target_modules=["q_proj", "down_proj"],
+                                     init_weights=False))
+    model.peft_config["default"].base_model_name_or_path = str(tmp_path / "base")
+    model.save_pretrained(tmp_path / "mos")
+    adapter = serve.inspect_adapter("mos", tmp_path / "mos", str(tmp_path / "base"))
+    out = serve.export_servable(str(tmp_path / "base"), [adapter], cache_dir=tmp_path / "cache")["mos"]
+    lora = PeftModel.from_pretrained(make_tiny_llama(hidden_size=40, intermediate_size=50, num_layers=3), out)
+    ids = torch.randint(0, 128, (2, 5))
+    assert lora.peft_config["default"].peft_type == "LORA"
+    torch.testing.assert_close(lora.eval()(ids).logits, model.eval()(ids).logits, rtol=1e-5, atol=1e-5)
