@@ -349,3 +349,31 @@ def test_on_a_4bit_base_it_trains_merges_and_exports(tmp_path):
         model.merge_adapter()
         assert (q.get_base_weight() - (before + delta)).abs().mean() < 0.25 * delta.abs().mean()
         assert torch.isfinite(model(ids).logits).all()
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3])
+def test_fused_delta_gradients_with_and_without_dropout(p):
+    """`mos_delta` (LoRA's activation memory: A and B assembled again in backward) against finite differences;
+    the seed is reset before every evaluation so dropout draws the same entries each time."""
+    from prolora.mos.rebuild import mos_delta
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    result = torch.randn(2, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    pool_A = torch.randn(8, 4, generator=g, dtype=torch.float64, requires_grad=True)  # l = 2: w_A = ceil(7/2)
+    pool_B = torch.randn(8, 3, generator=g, dtype=torch.float64, requires_grad=True)  # w_B = ceil(5/2)
+    index_A, index_B = torch.tensor([3, 0, 7, 3, 1, 5]), torch.tensor([2, 6, 4, 0, 1, 3])  # r = 3; shard 3 twice
+
+    def f(x, result, pool_A, pool_B):
+        torch.manual_seed(11)
+        return mos_delta(x, pool_A, pool_B, index_A, index_B, 7, 5, 2, 0.7, result, p)
+
+    assert torch.autograd.gradcheck(f, (x, result, pool_A, pool_B))
+    if p == 0:
+        A = reference_factors(pool_A, pool_B, index_A, index_B, 7, 5, 3, 2)[0]
+        B = reference_factors(pool_A, pool_B, index_A, index_B, 7, 5, 3, 2)[1]
+        torch.testing.assert_close(f(x, result, pool_A, pool_B), result + 0.7 * x @ A.t() @ B.t())
+    else:
+        torch.manual_seed(11)
+        dropped = f(x, result, pool_A, pool_B) - result
+        assert not torch.allclose(dropped, mos_delta(x, pool_A, pool_B, index_A, index_B, 7, 5, 2, 0.7))

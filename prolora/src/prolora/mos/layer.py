@@ -26,7 +26,7 @@ from torch import nn
 
 from prolora.mixed_batch import check_forward_args, sub_batches
 from prolora.mos.config import MosConfig
-from prolora.mos.rebuild import assemble_A, assemble_B
+from prolora.mos.rebuild import assemble_A, assemble_B, mos_delta
 from prolora.peft_compat import BufferDict, get_in_out_features, is_supported_linear
 
 POOL_PARTS = ("mos_pool_A", "mos_pool_B")
@@ -178,8 +178,19 @@ class Linear(nn.Module, MosLayer):
                     result.index_add_(0, rows, self._delta(name, x[rows]).to(result.dtype))
             return result.to(previous_dtype)
         for name in self.active_adapters:
-            if self.has_adapter(name):
+            if not self.has_adapter(name):
+                continue
+            pool_A, pool_B = self.mos_pool_A[name], self.mos_pool_B[name]
+            if hasattr(pool_A, "ds_id"):
+                # DeepSpeed ZeRO-3 frees partitioned parameters after forward; plain autograd keeps the assembled
+                # A and B instead of reading the pools again in backward.
                 result = result + self._delta(name, x).to(result.dtype)
+                continue
+            dropout = self.mos_dropout[name]
+            p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+            h = self._cast_input_dtype(x, pool_A.dtype)
+            result = mos_delta(h, pool_A, pool_B, self.mos_index_A[name], self.mos_index_B[name], self.in_features,
+                               self.out_features, self.shards[name], self.scaling[name], result, p)
         return result.to(previous_dtype)
 
     def __repr__(self) -> str:

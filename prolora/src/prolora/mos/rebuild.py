@@ -184,3 +184,81 @@ def init_pool_B_(tensor: torch.Tensor, r: int, zero: bool = True) -> torch.Tenso
             return tensor.zero_()
         bound = 1.0 / math.sqrt(r)
         return tensor.uniform_(-bound, bound)
+
+
+def fold_grad(d_factor: torch.Tensor, index: torch.Tensor, pool_shards: int, shards: int) -> torch.Tensor:
+    """The adjoint of `assemble_A`: a gradient w.r.t. ``A (r, d)`` (for B pass ``dB.T``) -> one w.r.t. the pool
+    ``(N, w)``, each slot's shard summed into its pool row (index_add; repeated shards accumulate)."""
+    r, features = d_factor.shape
+    width = shard_width(features, shards)
+    if shards * width != features:
+        d_factor = torch.nn.functional.pad(d_factor, (0, shards * width - features))
+    slots = d_factor.reshape(r * shards, width)
+    return torch.zeros(pool_shards, width, dtype=d_factor.dtype, device=d_factor.device).index_add_(0, index, slots)
+
+
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+class _MosDelta(torch.autograd.Function):
+    """``result + (scale * drop(x) A^T) B^T`` keeping only ``x``, ``h = scale * drop(x) A^T`` and the dropped
+    positions for backward — what LoRA keeps. The assembled ``A`` and ``B`` are not kept: backward assembles them
+    again from the pools (a gather) and folds their gradients back onto the pools (`fold_grad`), so MoS's
+    activation memory is LoRA's and its gradient memory that of the pools. (Same scheme as PRoLoRA's fused path.)
+    """
+
+    @staticmethod
+    def forward(ctx, x, result, scale, p, dims, pool_A, pool_B, index_A, index_B):
+        from prolora.dropout import apply_dropped, sample_dropped
+
+        in_features, out_features, shards = dims
+        A = assemble_A(pool_A, index_A, in_features, shards)
+        B = assemble_B(pool_B, index_B, out_features, shards)
+        dropped = sample_dropped(x.shape, p, x.device) if p > 0 else None
+        scale = scale / (1 - p)
+        xd = x if dropped is None else apply_dropped(x, dropped)
+        h = (xd @ A.t()) * scale
+        ctx.scale, ctx.dims, ctx.result_dtype = scale, dims, None if result is None else result.dtype
+        ctx.autocast = (x.device.type, *_autocast_state(x.device.type))
+        ctx.save_for_backward(x, h, dropped, pool_A, pool_B, index_A, index_B)
+        if result is None:
+            return h @ B.t()
+        if result.dtype == h.dtype and (B.dtype == h.dtype or ctx.autocast[1]):
+            out = torch.addmm(result.reshape(-1, result.shape[-1]), h.reshape(-1, h.shape[-1]), B.t())
+            return out.view(*h.shape[:-1], -1)
+        return result + (h @ B.t())
+
+    @staticmethod
+    def backward(ctx, dy):
+        from prolora.dropout import apply_dropped, zero_dropped_
+
+        x, h, dropped, pool_A, pool_B, index_A, index_B = ctx.saved_tensors
+        in_features, out_features, shards = ctx.dims
+        device_type, autocast_on, autocast_dtype = ctx.autocast
+        A = assemble_A(pool_A, index_A, in_features, shards)
+        B = assemble_B(pool_B, index_B, out_features, shards)
+        with torch.autocast(device_type, dtype=autocast_dtype, enabled=autocast_on):
+            dh = (dy @ B) * ctx.scale  # (..., r)
+            dx = dh @ A if ctx.needs_input_grad[0] else None
+            dB = dy.reshape(-1, dy.shape[-1]).t() @ h.reshape(-1, h.shape[-1])  # (d_out, r); h carries the scale
+            xd = x if dropped is None else apply_dropped(x, dropped)
+            dA = dh.reshape(-1, dh.shape[-1]).t() @ xd.reshape(-1, x.shape[-1])  # (r, d_in)
+        d_pool_A = fold_grad(dA.to(pool_A.dtype), index_A, pool_A.shape[0], shards)
+        d_pool_B = fold_grad(dB.t().to(pool_B.dtype), index_B, pool_B.shape[0], shards)
+        if dx is not None:
+            dx = dx.to(x.dtype)
+            if dropped is not None:
+                zero_dropped_(dx, dropped)
+        d_result = None if ctx.result_dtype is None or not ctx.needs_input_grad[1] else dy.to(ctx.result_dtype)
+        return dx, d_result, None, None, None, d_pool_A, d_pool_B, None, None
+
+
+def mos_delta(x: torch.Tensor, pool_A: torch.Tensor, pool_B: torch.Tensor, index_A: torch.Tensor,
+              index_B: torch.Tensor, in_features: int, out_features: int, shards: int, scale: float,
+              result: torch.Tensor | None = None, dropout: float = 0.0) -> torch.Tensor:
+    """``scale * B A dropout(x)`` for ``x (..., d_in)`` -> ``(..., d_out)`` with A, B assembled from the pools (plus
+    ``result``, the base output, when given). Same value and gradients as ``result + F.linear(F.linear(dropout(x),
+    assemble_A(...)) * scale, assemble_B(...))``, with LoRA's activation memory."""
+    return _MosDelta.apply(x, result, scale, dropout, (in_features, out_features, shards), pool_A, pool_B, index_A,
+                           index_B)
