@@ -84,7 +84,7 @@ def test_grid_accepts_the_config_names_and_the_short_aliases():
 def test_one_qlora_recipe_for_training_and_merging():
     config = qlora_quantization_config(torch.float32)
     assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
-    for module in ("open_instruct/training/model.py", "open_instruct/merge_lora.py"):
+    for module in ("open_instruct/training/model.py", "open_instruct/base_quantization.py"):  # train; merge, evals
         source = (REPO / module).read_text()
         assert "BitsAndBytesConfig(" not in source and "qlora_quantization_config(" in source, module
 
