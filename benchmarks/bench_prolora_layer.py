@@ -1,16 +1,17 @@
-"""Forward+backward time and peak memory of PRoLoRA vs PEFT LoRA on a Llama-like layer set, in the same run.
+"""Forward+backward time and peak memory of PRoLoRA and MoS vs PEFT LoRA on a Llama-like layer set, in one run.
 
 The layer set is the seven projections of one decoder layer (q, k, v, o, gate, up, down) with frozen base weights;
 the input of each projection is a random activation of ``tokens`` rows. Both adapters use the same rank r; PRoLoRA
-uses u unshared ranks and m = n chunk copies (default r=8, u=1, m=n=2). Timings are interleaved (LoRA, PRoLoRA,
-LoRA, ...) and the medians are compared, so machine noise hits both alike. Peak memory
+uses u unshared ranks and m = n chunk copies (default r=8, u=1, m=n=2); MoS uses l shards per rank vector with
+subset selection and pair dissociation (default l=4; one layer, so its pool has R = r). Timings are interleaved
+(LoRA, PRoLoRA, MoS, LoRA, ...) and the medians are compared, so machine noise hits all alike. Peak memory
 of one step is measured per method (CUDA: ``max_memory_allocated``; CPU: the peak of the torch profiler's memory
 timeline, which replays every allocation and free).
 
     python benchmarks/bench_prolora_layer.py                # SmolLM2-135M dims and Llama-2-7B dims
     python benchmarks/bench_prolora_layer.py --device cuda --dtype bfloat16
 
-Target: time ratio PRoLoRA / LoRA <= 1.05 and peak-memory ratio <= 1.00.
+Target: time ratio (PRoLoRA or MoS) / LoRA <= 1.05 and peak-memory ratio <= 1.00.
 """
 
 from __future__ import annotations
@@ -53,19 +54,26 @@ class LayerSet(nn.Module):
         return sum(getattr(self, name)(x).float().square().mean() for name, x in inputs.items())
 
 
-def build(method: str, shape: str, r: int, u: int, m: int, device: str, dtype: torch.dtype, seed: int = 0):
+METHODS = ("lora", "prolora", "mos")
+LABELS = {"lora": "LoRA", "prolora": "PRoLoRA", "mos": "MoS"}
+
+
+def build(method: str, shape: str, r: int, u: int, m: int, device: str, dtype: torch.dtype, seed: int = 0,
+          shards: int = 4):
     hidden, intermediate, kv_dim, tokens = SHAPES[shape]
     torch.manual_seed(seed)
     base = LayerSet(hidden, intermediate, kv_dim).to(device=device, dtype=dtype)
     if method == "lora":
         config = LoraConfig(r=r, lora_alpha=16, target_modules=PROJ)
+    elif method == "mos":
+        config = P.MosConfig(r=r, mos_r=r, shards_per_vector=shards, lora_alpha=16, target_modules=PROJ)
     else:
         config = P.ProLoraConfig(r=r, lora_alpha=16, unshared_r=u, reduce_lora_A_x=m, reduce_lora_B_x=m,
                                  target_modules=PROJ)
     model = get_peft_model(base, config)
     with torch.no_grad():  # non-zero B so the whole adapter path is exercised
         for name, p in model.named_parameters():
-            if p.requires_grad and ("lora_B" in name or "prolora_B" in name):
+            if p.requires_grad and ("lora_B" in name or "prolora_B" in name or "mos_pool_B" in name):
                 p.normal_(0, 0.01)
     inputs = {name: torch.randn(tokens, d_in, device=device, dtype=dtype) for name, (d_in, _) in base.dims.items()}
     return model, inputs
@@ -84,12 +92,12 @@ def sync(device: str) -> None:
 
 
 def time_pair(shape, args, dtype) -> dict[str, list[float]]:
-    models = {method: build(method, shape, args.r, args.u, args.m, args.device, dtype)
-              for method in ("lora", "prolora")}
+    models = {method: build(method, shape, args.r, args.u, args.m, args.device, dtype, shards=args.l)
+              for method in METHODS}
     for model, inputs in models.values():  # warm-up
         for _ in range(args.warmup):
             step(model, inputs)
-    times = {"lora": [], "prolora": []}
+    times = {method: [] for method in METHODS}
     for _ in range(args.repeats):
         for method, (model, inputs) in models.items():
             sync(args.device)
@@ -102,7 +110,7 @@ def time_pair(shape, args, dtype) -> dict[str, list[float]]:
 
 def peak_memory(method: str, shape: str, args, dtype) -> int:
     """Peak bytes allocated during one fwd+bwd step (model, inputs, activations, gradients)."""
-    model, inputs = build(method, shape, args.r, args.u, args.m, args.device, dtype)
+    model, inputs = build(method, shape, args.r, args.u, args.m, args.device, dtype, shards=args.l)
     step(model, inputs)  # warm-up: one-time allocations (index caches, thread pools) are not counted
     if args.device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -128,6 +136,7 @@ def main() -> None:
     parser.add_argument("--r", type=int, default=8)
     parser.add_argument("--u", type=int, default=1)
     parser.add_argument("--m", type=int, default=2, help="m = n chunk copies")
+    parser.add_argument("--l", type=int, default=4, help="MoS shards per rank vector")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -137,19 +146,21 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
 
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} r={args.r} u={args.u} "
-          f"m=n={args.m} repeats={args.repeats}")
-    print(f"{'shape':<14}{'tokens':>7}{'LoRA ms':>10}{'PRoLoRA ms':>12}{'time ratio':>12}"
-          f"{'LoRA MiB':>10}{'PRoLoRA MiB':>13}{'mem ratio':>11}")
+          f"m=n={args.m} l={args.l} repeats={args.repeats}")
+    print(f"{'shape':<14}{'tokens':>7}{'method':>9}{'ms':>10}{'time ratio':>12}{'MiB':>10}{'mem ratio':>11}")
     results = {}
     for shape in args.shapes:
         times = time_pair(shape, args, dtype)
-        t_lora, t_pro = statistics.median(times["lora"]), statistics.median(times["prolora"])
-        mem_lora, mem_pro = peak_memory("lora", shape, args, dtype), peak_memory("prolora", shape, args, dtype)
-        results[shape] = {"lora_ms": t_lora * 1e3, "prolora_ms": t_pro * 1e3, "time_ratio": t_pro / t_lora,
-                          "lora_peak_bytes": mem_lora, "prolora_peak_bytes": mem_pro,
-                          "mem_ratio": mem_pro / mem_lora if mem_lora else float("nan")}
-        print(f"{shape:<14}{SHAPES[shape][3]:>7}{t_lora * 1e3:>10.2f}{t_pro * 1e3:>12.2f}{t_pro / t_lora:>12.3f}"
-              f"{mem_lora / 2**20:>10.1f}{mem_pro / 2**20:>13.1f}{results[shape]['mem_ratio']:>11.3f}")
+        medians = {method: statistics.median(t) for method, t in times.items()}
+        memory = {method: peak_memory(method, shape, args, dtype) for method in METHODS}
+        results[shape] = {}
+        for method in METHODS:
+            row = {"ms": medians[method] * 1e3, "time_ratio": medians[method] / medians["lora"],
+                   "peak_bytes": memory[method],
+                   "mem_ratio": memory[method] / memory["lora"] if memory["lora"] else float("nan")}
+            results[shape][method] = row
+            print(f"{shape:<14}{SHAPES[shape][3]:>7}{LABELS[method]:>9}{row['ms']:>10.2f}{row['time_ratio']:>12.3f}"
+                  f"{memory[method] / 2**20:>10.1f}{row['mem_ratio']:>11.3f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
