@@ -1,11 +1,12 @@
-"""Serving many adapters on SmolLM2-135M: PRoLoRA vs LoRA of the same rank, measured in the same run.
+"""Serving many adapters on SmolLM2-135M: PRoLoRA and MoS vs LoRA of the same rank, measured in the same run.
 
 For N adapters (default 1, 4, 16) on all seven projections, a batch of ``--batch`` prompts is generated greedily
 as one PEFT mixed-adapter batch (``generate(..., adapter_names=...)``, row i uses adapter i mod N):
 
-* HF tokens/s, PRoLoRA (compact chunks, A/B rebuilt per forward) vs LoRA, interleaved, medians and their ratio;
+* HF tokens/s, PRoLoRA (compact chunks, A/B rebuilt per forward) and MoS (shard pools, A/B assembled once per
+  call) vs LoRA, interleaved, medians and their ratios;
 * resident bytes per adapter (the adapter's tensors in the live model), and the shared gather-index cache;
-* bytes on disk per adapter: the compact PRoLoRA file vs its vanilla-LoRA export vs a LoRA adapter;
+* bytes on disk per adapter: the compact PRoLoRA / MoS files vs PRoLoRA's vanilla-LoRA export vs a LoRA adapter;
 * time to load the N saved adapters into one model (``from_pretrained`` + ``load_adapter``);
 * vLLM tokens/s with the exported adapters in one batch, when ``vllm`` imports in this interpreter
   (``.venv-vllm/bin/python benchmarks/bench_serving.py``; ``bash scripts/setup_vllm.sh`` creates it).
@@ -14,8 +15,8 @@ as one PEFT mixed-adapter batch (``generate(..., adapter_names=...)``, row i use
     python benchmarks/bench_serving.py --repeats 3 --new_tokens 8   # short
     .venv-vllm/bin/python benchmarks/bench_serving.py --skip_hf     # vLLM only
 
-Targets: HF PRoLoRA tokens/s >= 0.95x LoRA's; resident bytes per adapter = its compact parameter bytes
-(0.56x LoRA's at r=8, u=1, m=n=2).
+Targets: HF PRoLoRA / MoS tokens/s >= 0.95x LoRA's; resident bytes per adapter = its compact parameter bytes
+(PRoLoRA: 0.56x LoRA's at r=8, u=1, m=n=2; MoS: the pools, R/r of LoRA's, plus 2*r*l int64 indices per layer).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ import torch
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+METHODS = ("lora", "prolora", "mos")
+
+
 def smollm2() -> str:
     from open_instruct.offline_assets import smollm2_path
 
@@ -45,6 +49,9 @@ def adapter_config(method: str, args):
 
     if method == "lora":
         return LoraConfig(r=args.rank, lora_alpha=16, target_modules=PROJ)
+    if method == "mos":
+        return prolora.MosConfig(r=args.rank, lora_alpha=16, target_modules=PROJ, mos_r=args.mos_r,
+                                 private_r=args.mos_private_r, shards_per_vector=args.mos_shards_per_vector)
     return prolora.ProLoraConfig(r=args.rank, lora_alpha=16, target_modules=PROJ, unshared_r=args.unshared_r,
                                  reduce_lora_A_x=args.copies, reduce_lora_B_x=args.copies)
 
@@ -151,6 +158,9 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--unshared_r", type=int, default=1)
     parser.add_argument("--copies", type=int, default=2, help="m = n")
+    parser.add_argument("--mos_r", type=int, default=2, help="MoS: the pools' equivalent rank R")
+    parser.add_argument("--mos_private_r", type=int, default=1, help="MoS: private ranks p")
+    parser.add_argument("--mos_shards_per_vector", type=int, default=4, help="MoS: shards per rank vector l")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--skip_hf", action="store_true",
                         help="only the disk sizes and vLLM (e.g. a second run in .venv-vllm after the HF one)")
@@ -170,7 +180,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         n_max = max(args.adapters)
-        saved = {method: save_adapters(method, base_path, n_max, root, args) for method in ("lora", "prolora")}
+        saved = {method: save_adapters(method, base_path, n_max, root, args) for method in METHODS}
         exported = []
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
@@ -181,14 +191,14 @@ def main() -> None:
             exported.append(prolora.export_as_lora(model, root / f"exported_{i}"))
             base = model.unload()
         disk = {kind: (paths[0] / "adapter_model.safetensors").stat().st_size
-                for kind, paths in (("prolora", saved["prolora"]), ("prolora_exported", exported),
-                                    ("lora", saved["lora"]))}
+                for kind, paths in (("prolora", saved["prolora"]), ("mos", saved["mos"]),
+                                    ("prolora_exported", exported), ("lora", saved["lora"]))}
         results["disk_bytes_per_adapter"] = disk
 
         for n in [] if args.skip_hf else args.adapters:
             names = [f"a{i % n}" for i in range(args.batch)]
             models, load_s = {}, {}
-            for method in ("lora", "prolora"):
+            for method in METHODS:
                 models[method], load_s[method] = load(base_path, saved[method][:n])
             resident = {m: statistics.median(adapter_bytes(models[m], f"a{i}") for i in range(n)) for m in models}
             before = {m: model_bytes(models[m]) for m in models}
@@ -203,6 +213,8 @@ def main() -> None:
             tps = {m: tokens / statistics.median(t) for m, t in timings.items()}
             row = {
                 "hf_tokens_per_s": tps, "hf_ratio_prolora_over_lora": tps["prolora"] / tps["lora"],
+                "hf_ratio_mos_over_lora": tps["mos"] / tps["lora"],
+                "resident_ratio_mos_over_lora": resident["mos"] / resident["lora"],
                 "resident_bytes_per_adapter": resident,
                 "resident_ratio_prolora_over_lora": resident["prolora"] / resident["lora"],
                 "model_bytes_unchanged_by_serving": all(model_bytes(models[m]) == before[m] for m in models),
@@ -216,6 +228,9 @@ def main() -> None:
                   f"ratio {row['hf_ratio_prolora_over_lora']:.3f}  resident B/adapter LoRA {resident['lora']:,.0f}  "
                   f"PRoLoRA {resident['prolora']:,.0f} ({row['resident_ratio_prolora_over_lora']:.3f})  "
                   f"load s LoRA {load_s['lora']:.2f} PRoLoRA {load_s['prolora']:.2f}", flush=True)
+            print(f"      MoS HF tok/s {tps['mos']:.1f}  ratio {row['hf_ratio_mos_over_lora']:.3f}  resident B/adapter "
+                  f"{resident['mos']:,.0f} ({row['resident_ratio_mos_over_lora']:.3f})  load s {load_s['mos']:.2f}",
+                  flush=True)
             del models
 
         try:
@@ -225,7 +240,8 @@ def main() -> None:
         else:
             results["vllm_tokens_per_s"] = bench_vllm(base_path, exported, args.adapters, args.batch,
                                                       args.prompt_len, args.new_tokens, args.repeats, args.rank)
-    print(f"disk bytes/adapter: PRoLoRA {disk['prolora']:,}  exported {disk['prolora_exported']:,}  "
+    print(f"disk bytes/adapter: PRoLoRA {disk['prolora']:,}  MoS {disk['mos']:,}  "
+          f"exported {disk['prolora_exported']:,}  "
           f"LoRA {disk['lora']:,}")
     print(json.dumps(results, indent=2, default=str))
 

@@ -151,9 +151,20 @@ class Linear(nn.Module, MosLayer):
                 weight = self.get_base_weight()
                 self.set_base_weight(weight - self.get_delta_weight(name).to(weight.device, weight.dtype))
 
-    def _delta(self, adapter_name: str, x: torch.Tensor) -> torch.Tensor:
-        """``(alpha/r) B A dropout(x)`` for ``x (..., d_in)`` -> ``(..., d_out)``, in the adapter's dtype."""
-        A, B = self.assemble(adapter_name)
+    mixed_batch_cache: Optional[dict] = None  # per-call state of a mixed batch (see `prolora.mixed_batch`)
+
+    def _delta(self, adapter_name: str, x: torch.Tensor, cached: bool = False) -> torch.Tensor:
+        """``(alpha/r) B A dropout(x)`` for ``x (..., d_in)`` -> ``(..., d_out)``, in the adapter's dtype.
+
+        ``cached``: within one mixed-batch call without gradients (a ``generate``), A and B are assembled once per
+        adapter and kept in ``mixed_batch_cache`` for the call's later decoding steps (dropped when it ends)."""
+        cache = self.mixed_batch_cache if cached and not torch.is_grad_enabled() else None
+        if cache is not None and adapter_name in cache:
+            A, B = cache[adapter_name]
+        else:
+            A, B = self.assemble(adapter_name)
+            if cache is not None:
+                cache[adapter_name] = (A, B)
         h = self.mos_dropout[adapter_name](self._cast_input_dtype(x, A.dtype))
         return F.linear(F.linear(h, A) * self.scaling[adapter_name], B)  # the scale acts on the rank-r side
 
@@ -175,7 +186,7 @@ class Linear(nn.Module, MosLayer):
         if adapter_names is not None:
             for name, rows in sub_batches(adapter_names, x.device):
                 if self.has_adapter(name):
-                    result.index_add_(0, rows, self._delta(name, x[rows]).to(result.dtype))
+                    result.index_add_(0, rows, self._delta(name, x[rows], cached=True).to(result.dtype))
             return result.to(previous_dtype)
         for name in self.active_adapters:
             if not self.has_adapter(name):
