@@ -303,8 +303,15 @@ def test_mixed_batch_rows_get_their_own_adapter():
     second = model(ids).logits
     with model.disable_adapter():
         base = model(ids).logits
+    expected = torch.stack([second[0], base[1], first[2]])
     mixed = model(ids, adapter_names=["other", "__base__", "default"]).logits
-    torch.testing.assert_close(mixed, torch.stack([second[0], base[1], first[2]]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the per-call cache of assembled A/B (a generate's decoding steps)
+        mixed = model(ids, adapter_names=["other", "__base__", "default"]).logits
+        again = model.generate(ids, adapter_names=["other", "__base__", "default"], max_new_tokens=3,
+                               do_sample=False, pad_token_id=0)
+    torch.testing.assert_close(mixed, expected, rtol=1e-5, atol=1e-5)
+    assert again.shape == (3, 8) and all(layer.mixed_batch_cache is None for _, layer in mos_layers(model))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
