@@ -95,13 +95,14 @@ def train(args) -> dict:
     state = checkpoints.new_state(args)
     if checkpoint is not None:
         state = checkpoints.load_checkpoint(accelerator, checkpoint, state)
-    eval_loss = loop.train_loop(args, accelerator, model, optimizer, scheduler, train_dl, eval_dl, loss_fn,
+    eval_metrics = loop.train_loop(args, accelerator, model, optimizer, scheduler, train_dl, eval_dl, loss_fn,
                                 length_sampler, schedule, state, output_dir)
 
     # Save: the adapter (or model), tokenizer and results replace --output_dir as a whole.
     results = {
         "train_loss": state["loss_sum"] / max(state["global_step"], 1),
-        "eval_loss": eval_loss,
+        "eval_loss": eval_metrics.get("eval_loss"),
+        "eval_token_accuracy": eval_metrics.get("eval_token_accuracy"),
         "train_runtime": state["train_runtime"],
         "global_step": state["global_step"],
         "trainable_params": trainable_params,

@@ -44,16 +44,22 @@ class CausalLMLoss:
             logger.info("label-only LM head: the model's forward has no logits_to_keep; computing all logits")
 
     def __call__(self, model, batch: dict) -> torch.Tensor:
-        if not self.label_only:
-            return model(**batch).loss
+        logits, targets = self.labelled_logits(model, batch)
+        return F.cross_entropy(logits.float(), targets)
+
+    def labelled_logits(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (num_labelled, vocab), targets (num_labelled,))`` at the positions whose next token is labelled,
+        in the batch's row-major order — what the loss averages over, and what held-out token accuracy counts."""
         labels = batch["labels"]
         targets = labels[:, 1:]
         keep = torch.zeros_like(labels, dtype=torch.bool)
         keep[:, :-1] = targets != IGNORE_INDEX  # position t predicts token t + 1
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits = model(**inputs, logits_to_keep=keep).logits
-        if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
+        if self.label_only:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs, logits_to_keep=keep).logits
+            if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
+                return logits, targets[keep[:, :-1]]
             logger.info("label-only LM head: the model ignored a boolean logits_to_keep; computing all logits")
             self.label_only = False
-            return model(**batch).loss
-        return F.cross_entropy(logits.float(), targets[keep[:, :-1]])
+        logits = model(**batch).logits  # the whole batch, as the forward was written to take it
+        return logits[keep], targets[keep[:, :-1]]

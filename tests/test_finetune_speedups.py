@@ -137,6 +137,30 @@ def test_label_only_loss_falls_back_for_a_forward_without_logits_to_keep():
     torch.testing.assert_close(loss_fn(plain, batch), inner(**batch).loss)
 
 
+
+def test_held_out_evaluation_counts_loss_and_greedy_hits_over_labelled_tokens():
+    """``evaluate`` = token-weighted loss and next-token accuracy over every labelled position of every batch,
+    checked against the full logits of the plain forward."""
+    from accelerate import Accelerator
+
+    from open_instruct.training.loop import evaluate
+
+    model = make_tiny_llama(vocab_size=128, seed=2)
+    batches = [labelled_batch(128, seed=s) for s in (0, 1)]
+    metrics = evaluate(model, batches, Accelerator(cpu=True), CausalLMLoss(model))
+    loss_sum = hits = count = 0.0
+    with torch.no_grad():
+        for batch in batches:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+            targets = batch["labels"][:, 1:]
+            keep = targets != IGNORE_INDEX
+            loss_sum += torch.nn.functional.cross_entropy(logits[keep], targets[keep], reduction="sum").item()
+            hits += (logits[keep].argmax(-1) == targets[keep]).sum().item()
+            count += keep.sum().item()
+    assert metrics["eval_loss"] == pytest.approx(loss_sum / count, rel=1e-5)
+    assert metrics["eval_token_accuracy"] == pytest.approx(hits / count, abs=1e-9)
+    assert 0 < count and model.training  # evaluate leaves the model in training mode
+
 # ------------------------------------------------------------------------------------ token cache & split
 
 

@@ -26,7 +26,8 @@ YAML layout (see ``configs/experiments/*.yaml``)::
                                       # a null value there removes a setting or an eval
 
 Each cell gets a deterministic folder ``<output_dir>/<name>_r8_u1_m2n2_lr0.0002_sd1`` holding
-``run_config.json`` (its identity, read by the summarizer), the adapter, ``merged/`` and ``eval/<name>/``.
+``run_config.json`` (its identity, read by the summarizer), the adapter, ``merged/`` and ``eval/<name>/``; each
+stage's marker ``.grid/<stage>.done`` records its command, time and provenance (commit, hardware, versions).
 Stages are subprocesses (``python -m <module> ...``) with their output in ``logs/<stage>.log``. A stage counts as
 done when its marker ``.grid/<stage>.done`` exists *and* its output is there, so an interrupted grid resumes
 where it stopped (fine-tuning itself resumes from its last checkpoint). A failing stage is recorded in
@@ -38,6 +39,7 @@ model.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import logging
 import os
@@ -398,6 +400,43 @@ def subprocess_runner(command: list[str], log_file: Path) -> int:
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
 
 
+@functools.cache
+def provenance() -> dict:
+    """Which code on which machine ran a stage: the checkout's commit (and whether it had uncommitted changes),
+    the host's CPU and core count, any CUDA devices, and the versions of Python, torch, transformers and peft.
+    Recorded in every stage's ``.grid/<stage>.done`` marker, so a run folder says what produced it even when its
+    cells were run in several sessions, on several machines."""
+    import platform
+    from importlib import metadata
+
+    def git(*arguments: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(REPO_ROOT), *arguments], capture_output=True, text=True,
+                                 timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text(errors="replace").splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted_changes": bool(status) if status is not None else None,
+            "host": platform.node(), "cpu": cpu, "cpu_count": len(os.sched_getaffinity(0)),
+            "cuda_visible_devices": gpus, "python": platform.python_version(),
+            **{package: version(package) for package in ("torch", "transformers", "peft", "accelerate")}}
+
+
 def _tail(path: Path, lines: int = 20) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.is_file() else ""
 
@@ -420,7 +459,8 @@ def run_stage(stage: Stage, cell_dir: Path, runner: Runner, result: GridResult) 
     started = time.time()
     status = runner(stage.command, log_file)
     result.stages_run += 1
-    record = {"command": stage.command, "exit_status": status, "seconds": round(time.time() - started, 1)}
+    record = {"command": stage.command, "exit_status": status, "seconds": round(time.time() - started, 1),
+              "provenance": provenance()}
     if status == 0 and stage.output.exists():
         failed.unlink(missing_ok=True)
         write_json(done, record)

@@ -50,7 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # a reader need, nothing heavy (adapter weights, checkpoints, tokenizer files, merged models stay behind).
 ARCHIVED = ("run_config.json", "all_results.json", "adapter_config.json", "completed", "logs/*.log",
             "eval/*/*.json", "eval/*/*.jsonl", "eval/*/*.txt", "finetune/**/events.out.tfevents.*",
-            "finetune/**/hparams.yml")
+            "finetune/**/hparams.yml", ".grid/*.done")  # the markers: command, seconds, commit and hardware
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ METRIC_SOURCES = (
     MetricSource("HumanEval P@1", _sources("codex_pass1", "codex_eval_results/pass1"), ("pass@1",)),
     MetricSource("HumanEval P@10", _sources("codex_pass10", "codex_eval_results/pass10"), ("pass@10",)),
     MetricSource("held-out loss", ("all_results.json",), ("eval_loss",), scale=1.0),
+    MetricSource("held-out token acc", ("all_results.json",), ("eval_token_accuracy",)),  # finetune's greedy hits
     MetricSource("ASDiv EM", ("eval/asdiv/metrics.json",), ("exact_match", "accuracy")),  # eval.gsm / eval.heldout
     MetricSource("BIG-bench acc", ("eval/bigbench/metrics.json",), ("accuracy", "average_exact_match")),
     MetricSource("train loss", ("all_results.json",), ("train_loss",), scale=1.0),
@@ -89,6 +90,7 @@ TASKS = {
                   averaged=("MMLU", "TyDiQA F1", "GSM8K", "BBH CoT", "HumanEval P@1")),
     "mini": Task(("held-out loss", "ASDiv EM", "BIG-bench acc", "MMLU"),  # MMLU: "no forgetting" only, not averaged
                  averaged=("ASDiv EM", "BIG-bench acc")),
+    "frontier": Task(("held-out loss", "held-out token acc", "ASDiv EM")),  # the CPU pilot and frontier grids
     "training": Task(("train loss", "held-out loss", "train time (h)")),
 }
 HPARAM_COLUMNS = ("r", "u", "m", "n", "alpha", "lr")

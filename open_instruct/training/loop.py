@@ -1,9 +1,10 @@
 """finetune's training loop and held-out evaluation.
 
 One optimizer step is ``--gradient_accumulation_steps`` micro-batches on every process. The loop logs the mean
-loss every ``--logging_steps``, computes ``eval_loss`` every ``--eval_steps`` (and once at the end), and writes a
-checkpoint every ``--checkpointing_steps`` (`open_instruct.training.checkpoints`). A resumed run skips the batches
-its checkpoint's epoch had already consumed, so it sees the same batches as a run that was never interrupted.
+loss every ``--logging_steps``, computes ``eval_loss`` and ``eval_token_accuracy`` every ``--eval_steps`` (and once
+at the end), and writes a checkpoint every ``--checkpointing_steps`` (`open_instruct.training.checkpoints`). A
+resumed run skips the batches its checkpoint's epoch had already consumed, so it sees the same batches as a run that
+was never interrupted.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from open_instruct.encoding import IGNORE_INDEX
 from open_instruct.label_loss import CausalLMLoss
 from open_instruct.training import checkpoints
 
@@ -60,23 +61,36 @@ def build_scheduler(args, optimizer, schedule: Schedule, accelerator):
 
 
 @torch.no_grad()
-def evaluate(model, eval_dl, accelerator, loss_fn: CausalLMLoss) -> float:
-    """Mean loss per trainable token over the held-out set (all ranks together)."""
+def evaluate(model, eval_dl, accelerator, loss_fn: CausalLMLoss) -> dict[str, float]:
+    """Over the held-out set (all ranks together): ``eval_loss``, the mean cross-entropy per labelled token, and
+    ``eval_token_accuracy``, the fraction of labelled tokens that are the model's greedy next-token choice (a
+    held-out accuracy with thousands of trials, far from chance and from ceiling, computed in the same pass)."""
     model.eval()
     loss_sum = torch.zeros((), device=accelerator.device)
+    hits = torch.zeros((), device=accelerator.device)
     token_count = torch.zeros((), device=accelerator.device)
     for batch in tqdm(eval_dl, desc="eval", disable=not accelerator.is_local_main_process, leave=False):
-        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
-        loss_sum += loss_fn(model, batch).float() * tokens
-        token_count += tokens
+        logits, targets = loss_fn.labelled_logits(model, batch)
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum")
+        hits += (logits.argmax(dim=-1) == targets).sum()
+        token_count += targets.numel()
     model.train()
-    return (accelerator.reduce(loss_sum, "sum") / accelerator.reduce(token_count, "sum")).item()
+    tokens = accelerator.reduce(token_count, "sum")
+    return {"eval_loss": (accelerator.reduce(loss_sum, "sum") / tokens).item(),
+            "eval_token_accuracy": (accelerator.reduce(hits, "sum") / tokens).item()}
+
+
+def _log_eval(args, accelerator, metrics: dict[str, float], step: int, prefix: str) -> None:
+    logger.info(f"{prefix}: eval_loss {metrics['eval_loss']:.4f}, "
+                f"eval_token_accuracy {metrics['eval_token_accuracy']:.4f}")
+    if args.with_tracking:
+        accelerator.log(metrics, step=step)
 
 
 def train_loop(args, accelerator, model, optimizer, scheduler, train_dl, eval_dl, loss_fn: CausalLMLoss,
                length_sampler, schedule: Schedule, state: dict, output_dir: Path) -> float | None:
     """Train from ``state["global_step"]`` to the schedule's end, updating ``state`` (step, summed loss, run time)
-    and checkpointing on the way; returns the final eval_loss (None without held-out data)."""
+    and checkpointing on the way; returns the final ``evaluate`` metrics ({} without held-out data)."""
     max_train_steps, steps_per_epoch = schedule.max_train_steps, schedule.steps_per_epoch
     starting_epoch, steps_done_in_epoch = divmod(state["global_step"], steps_per_epoch)
     logger.info(f"{schedule.num_examples} examples, {schedule.num_epochs} epochs, {max_train_steps} optimizer steps "
@@ -87,7 +101,7 @@ def train_loop(args, accelerator, model, optimizer, scheduler, train_dl, eval_dl
     save_every = int(args.checkpointing_steps) if str(args.checkpointing_steps).isdigit() else None
     started = time.time()
     model.train()
-    window_loss, window_steps, eval_loss = 0.0, 0, None
+    window_loss, window_steps, eval_metrics = 0.0, 0, {}
     micro_loss = torch.zeros((), device=accelerator.device)
     micro_count = 0
     for epoch in range(starting_epoch, schedule.num_epochs):
@@ -127,10 +141,7 @@ def train_loop(args, accelerator, model, optimizer, scheduler, train_dl, eval_dl
                     accelerator.log(metrics, step=step)
                 window_loss, window_steps = 0.0, 0
             if eval_dl is not None and args.eval_steps and step % args.eval_steps == 0 and step < max_train_steps:
-                eval_loss = evaluate(model, eval_dl, accelerator, loss_fn)
-                logger.info(f"step {step}: eval_loss {eval_loss:.4f}")
-                if args.with_tracking:
-                    accelerator.log({"eval_loss": eval_loss}, step=step)
+                _log_eval(args, accelerator, evaluate(model, eval_dl, accelerator, loss_fn), step, f"step {step}")
             end_of_epoch = step % steps_per_epoch == 0
             if step < max_train_steps and ((save_every and step % save_every == 0) or
                                            (args.checkpointing_steps == "epoch" and end_of_epoch)):
@@ -143,8 +154,6 @@ def train_loop(args, accelerator, model, optimizer, scheduler, train_dl, eval_dl
     state["train_runtime"] += time.time() - started
 
     if eval_dl is not None:
-        eval_loss = evaluate(model, eval_dl, accelerator, loss_fn)
-        logger.info(f"final eval_loss {eval_loss:.4f}")
-        if args.with_tracking:
-            accelerator.log({"eval_loss": eval_loss}, step=state["global_step"])
-    return eval_loss
+        eval_metrics = evaluate(model, eval_dl, accelerator, loss_fn)
+        _log_eval(args, accelerator, eval_metrics, state["global_step"], "final")
+    return eval_metrics
