@@ -86,3 +86,41 @@ def test_a_bad_flag_is_reported_before_heavy_imports(argv, fragment):
     assert lines[-1] == "exit=2 heavy=-", proc.stderr  # nothing heavy was imported
     errors = [line for line in lines[:-1] if line.startswith("error:")]
     assert len(errors) == 1 and fragment in errors[0], proc.stderr
+
+
+def test_prolora_export_reports_a_bad_flag_before_torch_loads():
+    """`python -m prolora.export` imports the `prolora` package first; run for real (not through runpy, which
+    `PROBE` uses), its bad-flag error still comes before torch, transformers or peft are imported."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "prolora.export", "--base_model_name_or_path",
+                           "m", "--adapter_dir", "a", "--output_dir", "o", "--bogus"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    imported = {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
+    assert "prolora" in imported and "argparse" in imported  # -X importtime did report the imports
+    assert not [m for m in imported if m.split(".")[0] in HEAVY], sorted(imported)
+    errors = [line for line in lines if not line.startswith("import time:")]
+    assert len(errors) == 1 and errors[0].startswith("error:") and "--bogus" in errors[0], proc.stderr
+
+
+def test_import_prolora_registers_the_peft_types_and_serves_every_public_name():
+    """The package loads its names lazily, yet a plain `import prolora` still tells PEFT about PROLORA and MOS (what
+    `PeftModel.from_pretrained` of a saved adapter needs), and each public name is the object its submodule defines."""
+    script = """
+import importlib, sys
+import prolora
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+print(PEFT_TYPE_TO_CONFIG_MAPPING["PROLORA"].__name__, PEFT_TYPE_TO_TUNER_MAPPING["MOS"].__name__)
+assert set(prolora.__all__) <= set(dir(prolora))
+for name in prolora.__all__:
+    module = importlib.import_module(prolora._SUBMODULE_OF[name])
+    assert getattr(prolora, name) is getattr(module, name), name
+try:
+    prolora.no_such_name
+except AttributeError as err:
+    print("AttributeError:", err)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == "ProLoraConfig MosModel"
+    assert "no attribute 'no_such_name'" in proc.stdout

@@ -21,14 +21,13 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from peft import LoraConfig
-from peft.utils import get_peft_model_state_dict
-from safetensors.torch import save_file
-from torch import nn
-
-from prolora.layer import ProLoraLayer
+# torch, peft and the PRoLoRA layer are imported where they are used, so that the command below parses its flags
+# before any of them loads (`python -m prolora.export --bogus` answers at once).
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +65,10 @@ def _atomic_output_dir(path: Path):
 
 def _target_modules(peft_model: nn.Module, adapted: list[str]) -> list[str] | str:
     """Leaf names (e.g. ``["q_proj", "v_proj"]``) when they select exactly the adapted modules, else an exact regex."""
+    from torch import nn
+
+    from prolora.layer import ProLoraLayer
+
     leaf_names = sorted({name.rsplit(".", 1)[-1] for name in adapted})
     base = peft_model.get_base_model()
     candidates = {
@@ -78,7 +81,6 @@ def _target_modules(peft_model: nn.Module, adapted: list[str]) -> list[str] | st
     return "^(" + "|".join(re.escape(name) for name in sorted(adapted)) + ")$"
 
 
-@torch.no_grad()
 def export_as_lora(peft_model, output_dir: str | Path, adapter_name: str = "default",
                    dtype: torch.dtype | None = None) -> Path:
     """Write ``adapter_name`` of a PRoLoRA ``PeftModel`` to ``output_dir`` as a vanilla LoRA adapter.
@@ -88,6 +90,13 @@ def export_as_lora(peft_model, output_dir: str | Path, adapter_name: str = "defa
     ``modules_to_save`` weights are carried over unchanged. Written atomically. ``dtype`` casts the factors
     (default: keep the adapter's dtype). Returns the output path.
     """
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from prolora.layer import ProLoraLayer
+
     config = peft_model.peft_config[adapter_name]
     if str(getattr(config.peft_type, "value", config.peft_type)) != "PROLORA":
         raise ValueError(f"adapter {adapter_name!r} is a {config.peft_type} adapter, not PRoLoRA")
@@ -96,7 +105,8 @@ def export_as_lora(peft_model, output_dir: str | Path, adapter_name: str = "defa
     adapted: list[str] = []
     for name, module in peft_model.named_modules():
         if isinstance(module, ProLoraLayer) and module.has_adapter(adapter_name):
-            A, B = module.rebuild(adapter_name)
+            with torch.no_grad():
+                A, B = module.rebuild(adapter_name)
             if dtype is not None:
                 A, B = A.to(dtype), B.to(dtype)
             weights[f"{name}.lora_A.weight"] = A.detach().cpu().contiguous()
@@ -202,8 +212,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"error: {err}\n")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
+
+    import prolora
+
+    prolora._register_peft_types()  # `python -m prolora.export` left it to this point (see prolora/__init__.py)
 
     base = AutoModelForCausalLM.from_pretrained(args.base_model_name_or_path, dtype=torch.float32, token=args.token)
     try:
