@@ -45,9 +45,9 @@ def train(args) -> dict:
     from accelerate.utils import DataLoaderConfiguration, DistributedType, set_seed
 
     from open_instruct import base_quantization
-    from open_instruct.label_loss import CausalLMLoss
     from open_instruct.training import checkpoints, data, loop
     from open_instruct.training import model as modelling
+    from open_instruct.training.label_loss import CausalLMLoss
 
     checkpoint = check_inputs(args)  # an existing run in --output_dir is not touched before this passes
     output_dir = Path(args.output_dir)

@@ -71,7 +71,7 @@ import subprocess, sys, tempfile
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
-from open_instruct.label_loss import CausalLMLoss
+from open_instruct.training.label_loss import CausalLMLoss
 from open_instruct.offline_assets import smollm2_path
 
 model = get_peft_model(AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).cuda(),

@@ -10,8 +10,9 @@ import shlex
 import pytest
 from reference_code import PROLORA, requires_reference
 
-from open_instruct import finetune, trainer_flags
+from open_instruct import finetune
 from open_instruct.training import model as training_model
+from open_instruct.training import trainer_flags
 
 pytestmark = requires_reference
 SHELL_VALUES = {"seed": "42", "learning_rate": "2e-4", "lora_r": "8", "unshared_r": "1", "reduce_lora_A_x": "2",

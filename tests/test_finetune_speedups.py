@@ -14,9 +14,9 @@ from helpers.models import make_tiny_llama
 from peft import LoraConfig, get_peft_model
 
 from open_instruct.encoding import IGNORE_INDEX
-from open_instruct.label_loss import CausalLMLoss
-from open_instruct.length_sampler import LengthGroupedSampler, length_grouped_order
 from open_instruct.training import data as training_data
+from open_instruct.training.label_loss import CausalLMLoss
+from open_instruct.training.length_sampler import LengthGroupedSampler, length_grouped_order
 
 # ------------------------------------------------------------------------------------------- sampler
 

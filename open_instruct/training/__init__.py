@@ -6,4 +6,8 @@
 * `data` — records -> tokenised datasets through the token cache -> batches;
 * `loop` — the schedule, the training loop and the held-out evaluation;
 * `checkpoints` — manifests, resume, and the atomic swap of the final output folder.
+
+and the pieces only training uses: `trainer_flags` (the authors' HF-Trainer spellings rewritten to finetune's),
+`token_cache` (tokenised datasets cached on disk), `length_sampler` (length-grouped batches), `label_loss` (the LM
+head applied only where there is a label; held-out loss and token accuracy).
 """

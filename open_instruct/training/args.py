@@ -1,7 +1,8 @@
 """finetune's command line: the flags (open-instruct's names plus the PRoLoRA authors'), and their validation.
 
 `parse_args` reads a command line (the authors' Trainer-style spelling, ``--use_lora True --max_steps ...``, is
-rewritten first by `open_instruct.trainer_flags`); `validate_args` checks ranges and combinations of the values.
+rewritten first by `open_instruct.training.trainer_flags`); `validate_args` checks ranges and combinations of the
+values.
 Neither reads a file nor imports torch, transformers or peft (only a flag that needs one asks for it, e.g.
 ``--mixed_precision fp16`` asks torch for a GPU), so a typo ends the run at once with one ``error:`` line.
 The files the flags name are checked next, in `open_instruct.training.inputs`.
@@ -14,9 +15,9 @@ import importlib.util
 import math
 import sys
 
-from open_instruct import trainer_flags
 from open_instruct.cli import ArgumentParser, UsageError
 from open_instruct.peft_methods import LLAMA_PROJECTIONS, METHODS, MOS_SETTINGS, add_mos_arguments, build_peft_config
+from open_instruct.training import trainer_flags
 
 EVAL_SPLIT_SEED = 42  # the authors hold out `train_test_split(test_size=1024, seed=42)` whatever the run's seed
 # transformers' SchedulerType values finetune accepts (get_scheduler takes the name)

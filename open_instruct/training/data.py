@@ -2,7 +2,7 @@
 
 Records are open-instruct's ``messages`` jsonl (or ``prompt``/``completion``), read and validated once per process
 (`open_instruct.training.inputs`), encoded by `open_instruct.encoding` with `datasets.map` and kept on disk by
-`open_instruct.token_cache`, keyed by the file, the tokenizer and ``--max_seq_length``.
+`open_instruct.training.token_cache`, keyed by the file, the tokenizer and ``--max_seq_length``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
-from open_instruct import token_cache
 from open_instruct.cli import UsageError
 from open_instruct.encoding import IGNORE_INDEX, encode_record, has_trainable_tokens
-from open_instruct.length_sampler import LengthGroupedSampler
+from open_instruct.training import token_cache
 from open_instruct.training.args import EVAL_SPLIT_SEED
 from open_instruct.training.inputs import read_and_validate_records
+from open_instruct.training.length_sampler import LengthGroupedSampler
 
 logger = get_logger(__name__)
 
@@ -60,7 +60,7 @@ def encode_records(records: list[dict], tokenizer, args, name: str) -> datasets.
 
 
 def encode_file(path: str, tokenizer, tokenizer_hash: str, args, name: str) -> datasets.Dataset:
-    """`encode_records` of a jsonl file, through the on-disk cache (`open_instruct.token_cache`)."""
+    """`encode_records` of a jsonl file, through the on-disk cache (`open_instruct.training.token_cache`)."""
     return token_cache.cached_encode(path, tokenizer_hash, args.max_seq_length,
                                      lambda: encode_records(read_and_validate_records(path), tokenizer, args, name),
                                      overwrite=getattr(args, "overwrite_cache", False))

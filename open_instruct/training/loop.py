@@ -21,8 +21,8 @@ from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from open_instruct.label_loss import CausalLMLoss
 from open_instruct.training import checkpoints
+from open_instruct.training.label_loss import CausalLMLoss
 
 logger = get_logger(__name__)
 
@@ -88,7 +88,7 @@ def _log_eval(args, accelerator, metrics: dict[str, float], step: int, prefix: s
 
 
 def train_loop(args, accelerator, model, optimizer, scheduler, train_dl, eval_dl, loss_fn: CausalLMLoss,
-               length_sampler, schedule: Schedule, state: dict, output_dir: Path) -> float | None:
+               length_sampler, schedule: Schedule, state: dict, output_dir: Path) -> dict[str, float]:
     """Train from ``state["global_step"]`` to the schedule's end, updating ``state`` (step, summed loss, run time)
     and checkpointing on the way; returns the final ``evaluate`` metrics ({} without held-out data)."""
     max_train_steps, steps_per_epoch = schedule.max_train_steps, schedule.steps_per_epoch
