@@ -24,6 +24,7 @@ from peft.utils import resolve_quantization_backend
 from peft.utils.integrations import gather_params_ctx
 from torch import nn
 
+from prolora.dropout import apply_dropped, sample_dropped
 from prolora.mixed_batch import check_forward_args, sub_batches
 from prolora.mos.config import MosConfig
 from prolora.mos.rebuild import assemble_A, assemble_B, mos_delta
@@ -192,14 +193,19 @@ class Linear(nn.Module, MosLayer):
             if not self.has_adapter(name):
                 continue
             pool_A, pool_B = self.mos_pool_A[name], self.mos_pool_B[name]
-            if hasattr(pool_A, "ds_id"):
-                # DeepSpeed ZeRO-3 frees partitioned parameters after forward; plain autograd keeps the assembled
-                # A and B instead of reading the pools again in backward.
-                result = result + self._delta(name, x).to(result.dtype)
-                continue
             dropout = self.mos_dropout[name]
             p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
             h = self._cast_input_dtype(x, pool_A.dtype)
+            if hasattr(pool_A, "ds_id") or hasattr(pool_B, "ds_id"):
+                # DeepSpeed ZeRO-3 frees partitioned parameters after each module's forward (the shared pools too,
+                # fetched again by the next layer), so backward must not read them: plain autograd through the
+                # gather keeps only the indices and the assembled A and B. Dropout as the fused path draws it
+                # (the same entries for the same seed), 1 / (1 - p) on the rank-r side.
+                A, B = self.assemble(name)
+                if p > 0:
+                    h = apply_dropped(h, sample_dropped(h.shape, p, h.device))
+                result = result + F.linear(F.linear(h, A) * (self.scaling[name] / (1 - p)), B).to(result.dtype)
+                continue
             result = mos_delta(h, pool_A, pool_B, self.mos_index_A[name], self.mos_index_B[name], self.in_features,
                                self.out_features, self.shards[name], self.scaling[name], result, p)
         return result.to(previous_dtype)
