@@ -2,6 +2,10 @@
 
 * `plot_efficiency`: a score against trainable parameters (log x), one line per method through its settings,
   error bars = std over seeds; the base model, which trains nothing, is a dashed horizontal line.
+* `plot_frontier`: a score against trainable parameters (log x), mean and 95% t-interval over seeds per point, one
+  line per method family (the registry's labels: LoRA, PRoLoRA, MoS, VeRA, Tied-LoRA); rows under any other label
+  (the ablation ladder, named reference rows) are markers of their own, not joined by lines.
+* `plot_steps`: metrics against training step, one line per setting with a band of ± one seed std.
 * `plot_loss_curves`: training (and held-out) loss against step from the tensorboard event files that
   ``finetune --with_tracking`` writes, read with tensorboard's EventAccumulator.
 """
@@ -17,12 +21,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from open_instruct.io_utils import atomic_open  # noqa: E402
+from open_instruct.paper.stats import t_interval  # noqa: E402
 from open_instruct.paper.summarize import Row  # noqa: E402
+from open_instruct.peft_methods import METHODS  # noqa: E402
 
 logging.getLogger("tensorboard").setLevel(logging.WARNING)  # its event reader logs every file it scans at INFO
 
 TRAIN_LOSS_TAGS = ("train_loss", "train/loss")
 EVAL_LOSS_TAGS = ("eval_loss", "eval/loss")
+METHOD_FAMILIES = tuple(method.label for method in METHODS.values())
+_MARKERS = ("s", "^", "v", "D", "P", "X", "*", "h")
 
 
 def _save(fig, path) -> None:
@@ -60,6 +68,87 @@ def plot_efficiency(rows: list[Row], column: str, path, title: str = "") -> int:
         _save(fig, path)
     else:
         plt.close(fig)
+    return drawn
+
+
+def plot_frontier(rows: list[Row], column: str, path, title: str = "") -> int:
+    """`column` vs trainable parameters with 95% t-intervals (see the module docstring); returns points drawn."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    lines: dict[str, list[tuple[int, float, float, float]]] = {}
+    drawn = 0
+    for row in rows:
+        values = [run.metrics[column] for run in row.runs if column in run.metrics]
+        if not values:
+            continue
+        interval = t_interval(values)
+        low = interval.mean if interval.low is None else interval.low
+        high = interval.mean if interval.high is None else interval.high
+        point = (row.trainable_params, interval.mean, interval.mean - low, high - interval.mean)
+        drawn += 1
+        if not row.trainable_params:
+            ax.axhline(interval.mean, linestyle="--", color="gray", label=row.label)
+        elif row.label in METHOD_FAMILIES:
+            lines.setdefault(row.label, []).append(point)
+        else:
+            marker = _MARKERS[(drawn - 1) % len(_MARKERS)]
+            ax.errorbar([point[0]], [point[1]], yerr=[[point[2]], [point[3]]], marker=marker, linestyle="none",
+                        capsize=3, label=row.label)
+    for label in [family for family in METHOD_FAMILIES if family in lines]:
+        points = sorted(lines[label])
+        ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                    yerr=[[p[2] for p in points], [p[3] for p in points]], marker="o", capsize=3, label=label)
+    if not drawn:
+        plt.close(fig)
+        return 0
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters")
+    ax.set_ylabel(column)
+    ax.set_title(title or f"{column} vs trainable parameters (mean, 95% t-interval over seeds)", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+    return drawn
+
+
+def plot_steps(panels: dict[str, dict[str, list[tuple[int, float, float | None]]]], path, title: str = "") -> int:
+    """One panel per metric: for each setting, (step, mean, std over seeds) as a line with a ± std band; a metric
+    measured at one step only is drawn against the settings, one error bar each. Returns the series drawn."""
+    panels = {name: series for name, series in panels.items() if any(series.values())}
+    if not panels:
+        return 0
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    drawn = 0
+    for ax, (name, series) in zip(axes[0], panels.items()):
+        single = {p[0] for points in series.values() for p in points}
+        single = single.pop() if len(single) == 1 else None  # measured at one step only: settings along x
+        for index, (setting, points) in enumerate(series.items()):
+            if not points:
+                continue
+            color = f"C{index % 10}"
+            steps, means = [p[0] for p in points], [p[1] for p in points]
+            stds = [p[2] or 0.0 for p in points]
+            if single is not None:
+                ax.errorbar([index], means, yerr=stds, marker="o", capsize=3, color=color, label=setting)
+            elif len(points) == 1:
+                ax.errorbar(steps, means, yerr=stds, marker="o", capsize=3, color=color, label=setting)
+            else:
+                ax.plot(steps, means, marker=".", color=color, label=setting)
+                ax.fill_between(steps, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                                color=color, alpha=0.2)
+            drawn += 1
+        if single is not None:
+            ax.set_xticks(range(len(series)), list(series), rotation=30, fontsize=7)
+            ax.set_xlabel(f"setting (step {single} only)")
+        else:
+            ax.set_xlabel("optimizer step")
+        ax.set_ylabel(name)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    _save(fig, path)
     return drawn
 
 

@@ -4,13 +4,19 @@
 
 writes into ``--output_dir``:
 
-* ``summary.md`` — how the numbers were made (commit, hardware, wall time, run count), the summarizer's table
+* ``summary.md`` — how the numbers were made (the report's commit and hardware, and from the runs' grid markers
+  the commits, hardware and library versions that made them; wall time, run count), the summarizer's table
   (`open_instruct.paper.summarize`), and the paired comparison: for every seed that both rows have, the
   difference PRoLoRA − LoRA of each score, then mean ± sample std over seeds. Runs with the same seed share the
   data order and the evaluation examples, so the paired difference removes what the seeds have in common.
 * ``summary.csv`` — the table, numbers only; ``runs.csv`` — one line per run folder;
 * ``efficiency_<column>.png`` — score vs trainable parameters for the first score column of the task, and
   ``loss_curves.png`` — training and held-out loss of the completed runs (`open_instruct.paper.plots`);
+* with ``--frontier`` (default for ``--task frontier``): ``frontier_<column>.png`` — each score against trainable
+  parameters, mean and 95% t-interval over seeds, one line per method family and the ablation rows as markers;
+  and the matched-budget comparison: every PRoLoRA and MoS setting minus the LoRA of about its own parameter count
+  ("same") and of about twice it ("twice"), paired by seed, with 95% t-intervals, in summary.md and
+  ``matched_budgets.csv`` (`budget_matches` says how a LoRA row is chosen);
 * ``runs/<run>/`` — each run's record without its weights (`ARCHIVED`: configs, results, metrics, predictions,
   logs, the tensorboard events of the loss curves; a few hundred KiB a run), so the report can be re-derived
   from the results folder alone: ``report_results.py <output_dir>/runs --output_dir ...``.
@@ -18,18 +24,24 @@ writes into ``--output_dir``:
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import platform
 import shutil
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 from open_instruct.io_utils import write_text
 from open_instruct.paper import plots
+from open_instruct.paper.stats import t_interval
 from open_instruct.paper.summarize import (
+    MISSING,
     TASKS,
+    Row,
     Run,
     Task,
     _fmt,
@@ -144,6 +156,40 @@ def commit() -> str:
     return head + (" (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
+PROVENANCE_FIELDS = ("commit", "uncommitted_changes", "cpu", "cpu_count", "cuda_visible_devices", "python", "torch",
+                     "transformers", "peft", "accelerate")
+
+
+def run_provenance(runs: list[Run]) -> list[str]:
+    """What made the runs, from their stages' ``.grid/<stage>.done`` markers: one line per distinct (commit,
+    hardware, versions), with how many stages it ran; [] when no run has a marker (runs made outside the grid)."""
+    seen: Counter = Counter()
+    for run in runs:
+        for marker in sorted((run.path / ".grid").glob("*.done")):
+            try:
+                record = json.loads(marker.read_text()).get("provenance") or {}
+            except (json.JSONDecodeError, AttributeError):
+                continue
+            seen[tuple(record.get(key) for key in PROVENANCE_FIELDS)] += 1
+    lines = []
+    for values, stages in seen.most_common():
+        p = dict(zip(PROVENANCE_FIELDS, values))
+        code = (p["commit"] or "unknown")[:12] + (" (with uncommitted changes)" if p["uncommitted_changes"] else "")
+        gpus = f", CUDA_VISIBLE_DEVICES={p['cuda_visible_devices']}" if p["cuda_visible_devices"] else ""
+        versions = ", ".join(f"{k} {p[k]}" for k in ("python", "torch", "transformers", "peft", "accelerate") if p[k])
+        lines.append(f"{code} on {p['cpu']}, {p['cpu_count']} CPU cores{gpus}; {versions} ({stages} stages)")
+    return lines
+
+
+def provenance_lines(runs: list[Run]) -> list[str]:
+    """The Markdown bullets that say where the report and its runs were made (shared by every report)."""
+    made = run_provenance(runs)
+    return [f"- commit: {commit()} (the code that wrote this report)",
+            f"- hardware: {hardware()} (where this report was written)",
+            *(f"- runs made by: commit {line}" for line in made),
+            *([] if made else ["- runs made by: unknown (no grid stage markers .grid/*.done in the run folders)"])]
+
+
 def wall_time(runs: list[Run]) -> tuple[Optional[float], float]:
     """(first run folder created → last file written, in hours; total training time of the runs, in hours)."""
     stamps = [p.stat().st_mtime for run in runs for p in run.path.rglob("*") if p.is_file()]
@@ -191,8 +237,111 @@ def archive_runs(runs: list[Run], folder: Path) -> None:
             shutil.rmtree(child)
 
 
-def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFAULT_PAIRS) -> str:
-    """Write the results folder described in the module docstring; returns summary.md's text."""
+def setting_name(row: Row, rows: list[Row]) -> str:
+    """A row's label with its rank and the other hyper-parameters that vary between `rows` (those all rows share
+    say nothing)."""
+    varying = [k for k in row.hparams if k == "r" or len({str(other.hparams.get(k)) for other in rows}) > 1]
+    return row.label + "".join(f" {k}={row.hparams[k]:g}" if isinstance(row.hparams[k], float) else
+                               f" {k}={row.hparams[k]}" for k in varying)
+
+
+# Matched budgets: each setting of these methods against the LoRA rows of about its own trainable-parameter count
+# and of about twice it. The LoRA row chosen is the one whose count is nearest the target on a log scale, and it
+# must lie within a factor MATCH_TOLERANCE of it (√2 keeps "same" and "twice" from choosing the same row).
+MATCHED_METHODS = ("PRoLoRA", "MoS")
+REFERENCE_METHOD = "LoRA"
+BUDGETS = (("same", 1.0), ("twice", 2.0))
+MATCH_TOLERANCE = math.sqrt(2)
+
+
+@dataclass(frozen=True)
+class BudgetMatch:
+    budget: str  # "same" or "twice"
+    target: float  # the LoRA / setting parameter ratio sought
+    row: Row
+    lora: Row
+
+    @property
+    def ratio(self) -> float:
+        """The ratio matched: LoRA's trainable parameters over the setting's."""
+        return self.lora.trainable_params / self.row.trainable_params
+
+
+def budget_matches(rows: list[Row]) -> list[BudgetMatch]:
+    """For every `MATCHED_METHODS` row with a parameter count, its LoRA match at each of `BUDGETS` (where one is
+    within `MATCH_TOLERANCE` of the target)."""
+    loras = [row for row in rows if row.label == REFERENCE_METHOD and row.trainable_params]
+    matches = []
+    for row in rows:
+        if row.label not in MATCHED_METHODS or not row.trainable_params:
+            continue
+        for budget, target in BUDGETS:
+            wanted = target * row.trainable_params
+            scored = sorted((abs(math.log(lora.trainable_params / wanted)), lora.trainable_params, index)
+                            for index, lora in enumerate(loras))
+            if scored and scored[0][0] <= math.log(MATCH_TOLERANCE) + 1e-12:
+                matches.append(BudgetMatch(budget, target, row, loras[scored[0][2]]))
+    return matches
+
+
+def _selector(row: Row) -> Selector:
+    return Selector(row.label, tuple(sorted(row.hparams.items())))
+
+
+def matched_records(rows: list[Row], columns) -> list[dict]:
+    """One record per (match, column): setting − LoRA paired by seed, mean, std and 95% t-interval."""
+    records = []
+    for match in budget_matches(rows):
+        diffs = paired_differences(match.row.runs + match.lora.runs, _selector(match.row), _selector(match.lora),
+                                   columns)
+        for column, d in diffs.items():
+            interval = t_interval(list(d["by_seed"].values()))
+            records.append({"setting": setting_name(match.row, rows), "params": match.row.trainable_params,
+                            "budget": match.budget, "target ratio": match.target,
+                            "LoRA": setting_name(match.lora, rows), "LoRA params": match.lora.trainable_params,
+                            "ratio": match.ratio, "column": column, "n": d["n"],
+                            "seeds": " ".join(str(seed) for seed in d["by_seed"]), "mean": interval.mean,
+                            "std": interval.std, "ci low": interval.low, "ci high": interval.high,
+                            "excludes 0": interval.excludes_zero})
+    return records
+
+
+MATCHED_CSV = "matched_budgets.csv"
+MATCHED_CSV_COLUMNS = ("setting", "params", "budget", "target ratio", "LoRA", "LoRA params", "ratio", "column", "n",
+                       "seeds", "mean", "std", "ci low", "ci high", "excludes 0")
+
+
+def matched_markdown(records: list[dict]) -> str:
+    if not records:
+        return ""
+    lines = ["", f"## {' and '.join(MATCHED_METHODS)} against {REFERENCE_METHOD} at matched budgets", "",
+             f"Each setting against the {REFERENCE_METHOD} row whose trainable-parameter count is nearest (log scale) "
+             "to its own (\"same\") and to twice its own (\"twice\"), where one lies within a factor "
+             f"{MATCH_TOLERANCE:.3g} of that target. Difference = setting − {REFERENCE_METHOD}, paired by seed; mean "
+             "± sample std and 95% t-interval (t with n − 1 degrees of freedom) over the seeds both have; "
+             "\"ratio\" = LoRA's parameters / the setting's.", "",
+             "| setting | #Params | budget | LoRA | LoRA #Params | ratio | column | n | mean ± std | 95% CI |",
+             "|---|---:|---|---|---:|---:|---|---:|---:|---|"]
+    for rec in records:
+        digits = score_digits(rec["column"])
+        total = _fmt(rec["mean"], digits) + ("" if rec["std"] is None else f" ± {_fmt(rec['std'], digits)}")
+        ci = MISSING if rec["ci low"] is None else \
+            f"[{_fmt(rec['ci low'], digits)}, {_fmt(rec['ci high'], digits)}]" + (" *" if rec["excludes 0"] else "")
+        lines.append(f"| {rec['setting']} | {_fmt(rec['params'])} | {rec['budget']} | {rec['LoRA']} | "
+                     f"{_fmt(rec['LoRA params'])} | {rec['ratio']:.2f} | {rec['column']} | {rec['n']} | {total} | "
+                     f"{ci} |")
+    lines += ["", "* the 95% interval excludes 0."]
+    return "\n".join(lines) + "\n"
+
+
+def _safe(column: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in column)
+
+
+def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFAULT_PAIRS,
+                 frontier: Optional[bool] = None) -> str:
+    """Write the results folder described in the module docstring; returns summary.md's text. `frontier` adds the
+    frontier plots and the matched-budget comparison (default: for the task "frontier" only)."""
     if task_name not in TASKS:
         raise ValueError(f"unknown task {task_name!r}; choose from {sorted(TASKS)}")
     task: Task = TASKS[task_name]
@@ -205,20 +354,27 @@ def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFA
     span, training = wall_time(runs)
     finished = sum(not run.partial for run in runs)
     header = [f"# Results: {', '.join(str(r) for r in roots)} (task {task_name})", "",
-              f"- commit: {commit()}",
-              f"- hardware: {hardware()}",
+              *provenance_lines(runs),
               f"- wall time: {span:.2f} h from the first run folder to the last file written (includes any pause "
               f"between sessions); training alone {training:.2f} h summed over runs" if span is not None else
               "- wall time: unknown",
               f"- runs: {len(runs)} ({finished} complete, {len(runs) - finished} partial)", "", ""]
+    frontier = task_name == "frontier" if frontier is None else frontier
+    matched = matched_records(rows, task.columns) if frontier else []
     markdown = "\n".join(header) + to_markdown(columns, records, task) + paired_markdown(runs, pairs, task.columns)
+    markdown += matched_markdown(matched)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if frontier:
+        write_text(output_dir / MATCHED_CSV, to_csv(list(MATCHED_CSV_COLUMNS), matched))
+        figures = [f"frontier_{_safe(column)}.png" for column in task.columns
+                   if plots.plot_frontier(rows, column, output_dir / f"frontier_{_safe(column)}.png") > 0]
+        markdown += ("\nFrontier plots (mean and 95% t-interval over seeds; a line per method, ablation rows as "
+                     "markers): " + ", ".join(f"[{name}]({name})" for name in figures) + "\n") if figures else ""
     write_text(output_dir / "summary.md", markdown)
     write_text(output_dir / "summary.csv", to_csv(columns, records))
     write_text(output_dir / "runs.csv", runs_csv(runs))
     first = next((c for c in task.columns if c != "held-out loss"), task.columns[0])
-    safe = "".join(ch if ch.isalnum() else "_" for ch in first)
-    plots.plot_efficiency(rows, first, output_dir / f"efficiency_{safe}.png")
+    plots.plot_efficiency(rows, first, output_dir / f"efficiency_{_safe(first)}.png")
     curves = [(f"{run.label} sd{run.seed}", run.path) for run in runs
               if not run.partial and run.label != "base model"]
     plots.plot_loss_curves(curves, output_dir / "loss_curves.png")
