@@ -1,4 +1,5 @@
-"""Figures: score vs trainable parameters, and loss curves read back from tensorboard event files."""
+"""Figures: score vs trainable parameters (with seed intervals for the frontier), metrics against step, and loss
+curves read back from tensorboard event files."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from open_instruct.paper import plots
-from open_instruct.paper.summarize import Row
+from open_instruct.paper.summarize import Row, Run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -65,3 +66,30 @@ def test_cli(tmp_path):
     assert (out / "efficiency_MMLU.png").read_bytes()[:8] == PNG
     assert (out / "loss_curves.png").read_bytes()[:8] == PNG
     assert "MMLU STEM: no results" in proc.stdout
+
+
+def _row(label, params, values, column="loss"):
+    runs = [Run(Path(f"/x/{label}{i}"), label, {}, i, False, params, {column: v}) for i, v in enumerate(values)]
+    return Row(label, {}, runs, {}, params)
+
+
+def test_frontier_plot_lines_markers_and_single_seed(tmp_path):
+    rows = [_row("base model", None, [2.0]),
+            _row("LoRA", 100, [1.0, 1.1, 0.9]), _row("LoRA", 200, [0.9, 1.0, 0.8]),
+            _row("PRoLoRA", 110, [0.95, 1.0, 0.9]),
+            _row("CLoRA (broadcast, u=0)", 100, [1.2]),  # one seed: a point without an interval, nudged right
+            _row("VeRA", 30, [], column="other")]  # no number for this column: not drawn
+    assert plots.plot_frontier(rows, "loss", tmp_path / "f.png") == 5
+    assert (tmp_path / "f.png").read_bytes()[:8] == PNG
+    assert plots.plot_frontier(rows, "accuracy", tmp_path / "none.png") == 0
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_steps_plot(tmp_path):
+    panels = {"loss": {"r=1": [(25, 1.0, 0.1), (50, 0.9, 0.1)], "r=8": [(25, 0.9, None), (50, 0.8, 0.05)]},
+              "EM": {"r=1": [(50, 5.0, 1.0)], "r=8": [(50, 7.0, 0.5)]},  # one step: settings along x
+              "empty": {"r=1": []}}
+    assert plots.plot_steps(panels, tmp_path / "s.png") == 4
+    assert (tmp_path / "s.png").read_bytes()[:8] == PNG
+    assert plots.plot_steps({"empty": {"r=1": []}}, tmp_path / "none.png") == 0
+    assert not (tmp_path / "none.png").exists()

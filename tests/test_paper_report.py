@@ -1,12 +1,19 @@
-"""The results-folder writer on fake run folders: paired PRoLoRA − LoRA differences, provenance, files."""
+"""The results-folder writer on fake run folders: paired PRoLoRA − LoRA differences, provenance, files, and the
+frontier: matched-budget pairs with t-intervals and the frontier plots."""
 
 from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
 
 import pytest
 from test_paper_summarize import make_run
 
-from open_instruct.paper.report import DEFAULT_PAIRS, Selector, paired_differences, write_report
-from open_instruct.paper.summarize import find_run_dirs, read_run
+from open_instruct.paper.report import DEFAULT_PAIRS, Selector, budget_matches, paired_differences, write_report
+from open_instruct.paper.summarize import TASKS, find_run_dirs, read_run, summarize_runs
 
 LORA = {"method": "lora", "label": "LoRA", "r": 8, "lr": 1e-3}
 PROLORA = {"method": "prolora", "label": "PRoLoRA", "r": 8, "u": 1, "m": 2, "n": 2, "lr": 1e-3}
@@ -86,3 +93,82 @@ def test_archive_mirrors_the_reported_runs_and_refuses_clashing_names(grid, tmp_
     with pytest.raises(ValueError, match="share a folder name"):
         write_report([grid, other], "mini", out)
     assert (out / "summary.md").read_text() == before  # refused before anything was written
+
+
+# The frontier: LoRA at four ranks (100 parameters per rank), two PRoLoRA settings and MoS between them, an
+# ablation rung (own label) and a PRoLoRA far above every LoRA (no match within the tolerance).
+FRONTIER = [("lora", "LoRA", {"r": r}, 100 * r) for r in (1, 2, 4, 8)] + [
+    ("prolora", "PRoLoRA", {"r": 4, "u": 1, "m": 2, "n": 2}, 250),
+    ("prolora", "PRoLoRA", {"r": 8, "u": 1, "m": 2, "n": 2}, 450),
+    ("prolora", "PRoLoRA", {"r": 128, "u": 1, "m": 2, "n": 2}, 5000),
+    ("mos", "MoS", {"r": 8}, 180),
+    ("prolora", "CLoRA (broadcast, u=0)", {"r": 8, "u": 0, "m": 2, "n": 2}, 400),
+]
+
+
+def frontier_loss(params: int, seed: int) -> float:
+    return 1.0 - 0.05 * math.log(params) + 0.1 * seed + 0.003 * ((params // 10 + seed * seed) % 7)
+
+
+@pytest.fixture
+def frontier_grid(tmp_path):
+    root = tmp_path / "frontier"
+    for method, label, hparams, params in FRONTIER:
+        for seed in (1, 2, 3):
+            name = f"{label.split()[0].lower()}_{params}_sd{seed}"
+            make_run(root, name, {"method": method, "label": label, **hparams, "lr": 1e-3, "seed": seed},
+                     {"trainable_params": params, "eval_loss": frontier_loss(params, seed),
+                      "eval_token_accuracy": 0.5 + params / 1e5 + 0.01 * seed})
+    return root
+
+
+def test_budget_matches_nearest_log_ratio(frontier_grid):
+    rows = summarize_runs([read_run(p) for p in find_run_dirs([frontier_grid])], TASKS["frontier"])
+    found = {(m.row.label, m.row.trainable_params, m.budget): m.lora.trainable_params for m in budget_matches(rows)}
+    # 250: same -> 200 (0.8 beats 1.6), twice (500) -> 400; 450: same -> 400, twice (900) -> 800;
+    # MoS 180: same -> 200, twice (360) -> 400; 5000: nothing within a factor sqrt(2); the ablation row: not matched
+    assert found == {("PRoLoRA", 250, "same"): 200, ("PRoLoRA", 250, "twice"): 400,
+                     ("PRoLoRA", 450, "same"): 400, ("PRoLoRA", 450, "twice"): 800,
+                     ("MoS", 180, "same"): 200, ("MoS", 180, "twice"): 400}
+    for m in budget_matches(rows):
+        assert m.ratio == pytest.approx(m.lora.trainable_params / m.row.trainable_params)
+
+
+def test_frontier_report_paired_intervals(frontier_grid, tmp_path):
+    out = tmp_path / "docs"
+    markdown = write_report([frontier_grid], "frontier", out)
+    assert "## PRoLoRA and MoS against LoRA at matched budgets" in markdown
+    for column in ("held_out_loss", "held_out_token_acc"):
+        assert (out / f"frontier_{column}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "frontier_ASDiv_EM.png").exists()  # no run has the number
+    rows = list(csv.DictReader(io.StringIO((out / "matched_budgets.csv").read_text())))
+    assert len(rows) == 6 * 2  # six matches, two columns with numbers
+    row = next(r for r in rows if r["setting"] == "PRoLoRA r=8 u=1 m=2 n=2" and r["budget"] == "twice"
+               and r["column"] == "held-out loss")
+    assert row["LoRA"] == "LoRA r=8" and int(row["LoRA params"]) == 800
+    assert float(row["ratio"]) == pytest.approx(800 / 450)
+    diffs = [frontier_loss(450, s) - frontier_loss(800, s) for s in (1, 2, 3)]
+    mean, std = statistics.mean(diffs), statistics.stdev(diffs)
+    half = (2 * 0.975 - 1) / math.sqrt(2 * 0.975 * 0.025) * std / math.sqrt(3)  # t quantile for 2 d.o.f.
+    assert float(row["mean"]) == pytest.approx(mean) and float(row["std"]) == pytest.approx(std)
+    assert float(row["ci low"]) == pytest.approx(mean - half) and float(row["ci high"]) == pytest.approx(mean + half)
+    assert row["excludes 0"] == str(mean - half > 0 or mean + half < 0)
+    line = f"| PRoLoRA r=8 u=1 m=2 n=2 | 450 | twice | LoRA r=8 | 800 | {800 / 450:.2f} | held-out loss | 3 |"
+    assert line in markdown
+    # the mini task keeps its report unless asked for the frontier
+    write_report([frontier_grid], "mini", tmp_path / "mini")
+    assert not (tmp_path / "mini" / "matched_budgets.csv").exists()
+    assert "matched budgets" in write_report([frontier_grid], "mini", tmp_path / "mini2", frontier=True)
+
+
+def test_runs_provenance_from_grid_markers(grid, tmp_path):
+    marker = {"command": ["x"], "exit_status": 0, "seconds": 1.0,
+              "provenance": {"commit": "abcdef1234567890", "uncommitted_changes": False, "cpu": "Test CPU",
+                             "cpu_count": 4, "cuda_visible_devices": None, "python": "3.11.0", "torch": "9.9"}}
+    for seed in (1, 2):
+        (grid / f"lora_sd{seed}" / ".grid").mkdir()
+        (grid / f"lora_sd{seed}" / ".grid" / "finetune.done").write_text(json.dumps(marker))
+    markdown = write_report([grid], "mini", tmp_path / "docs")
+    made = "- runs made by: commit abcdef123456 on Test CPU, 4 CPU cores; python 3.11.0, torch 9.9 (2 stages)"
+    assert made in markdown
+    assert (tmp_path / "docs" / "runs" / "lora_sd1" / ".grid" / "finetune.done").is_file()

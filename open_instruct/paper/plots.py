@@ -72,9 +72,13 @@ def plot_efficiency(rows: list[Row], column: str, path, title: str = "") -> int:
 
 
 def plot_frontier(rows: list[Row], column: str, path, title: str = "") -> int:
-    """`column` vs trainable parameters with 95% t-intervals (see the module docstring); returns points drawn."""
+    """`column` vs trainable parameters with 95% t-intervals (see the module docstring); returns points drawn.
+
+    Each family keeps one colour (its place in the registry); a marker that shares its parameter count with a
+    point drawn before it is nudged right by 4% per such point, so that none hides another."""
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     lines: dict[str, list[tuple[int, float, float, float]]] = {}
+    markers: list[tuple[str, tuple[int, float, float, float]]] = []
     drawn = 0
     for row in rows:
         values = [run.metrics[column] for run in row.runs if column in run.metrics]
@@ -90,13 +94,22 @@ def plot_frontier(rows: list[Row], column: str, path, title: str = "") -> int:
         elif row.label in METHOD_FAMILIES:
             lines.setdefault(row.label, []).append(point)
         else:
-            marker = _MARKERS[(drawn - 1) % len(_MARKERS)]
-            ax.errorbar([point[0]], [point[1]], yerr=[[point[2]], [point[3]]], marker=marker, linestyle="none",
-                        capsize=3, label=row.label)
-    for label in [family for family in METHOD_FAMILIES if family in lines]:
-        points = sorted(lines[label])
-        ax.errorbar([p[0] for p in points], [p[1] for p in points],
-                    yerr=[[p[2] for p in points], [p[3] for p in points]], marker="o", capsize=3, label=label)
+            markers.append((row.label, point))
+    taken: dict[int, int] = {}
+    for index, label in enumerate(METHOD_FAMILIES):
+        points = sorted(lines.get(label, []))
+        for p in points:
+            taken[p[0]] = taken.get(p[0], 0) + 1
+        if points:
+            ax.errorbar([p[0] for p in points], [p[1] for p in points],
+                        yerr=[[p[2] for p in points], [p[3] for p in points]], marker="o", capsize=3,
+                        color=f"C{index}", label=label)
+    for index, (label, p) in enumerate(markers):
+        x = p[0] * 1.04 ** taken.get(p[0], 0)
+        taken[p[0]] = taken.get(p[0], 0) + 1
+        ax.errorbar([x], [p[1]], yerr=[[p[2]], [p[3]]], marker=_MARKERS[index % len(_MARKERS)], markersize=7,
+                    linestyle="none", capsize=3, color=f"C{(len(METHOD_FAMILIES) + index) % 10}", label=label,
+                    zorder=3)
     if not drawn:
         plt.close(fig)
         return 0

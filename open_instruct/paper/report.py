@@ -39,6 +39,7 @@ from open_instruct.io_utils import write_text
 from open_instruct.paper import plots
 from open_instruct.paper.stats import t_interval
 from open_instruct.paper.summarize import (
+    HPARAM_COLUMNS,
     MISSING,
     TASKS,
     Row,
@@ -240,7 +241,8 @@ def archive_runs(runs: list[Run], folder: Path) -> None:
 def setting_name(row: Row, rows: list[Row]) -> str:
     """A row's label with its rank and the other hyper-parameters that vary between `rows` (those all rows share
     say nothing)."""
-    varying = [k for k in row.hparams if k == "r" or len({str(other.hparams.get(k)) for other in rows}) > 1]
+    order = [k for k in HPARAM_COLUMNS if k in row.hparams] + sorted(set(row.hparams) - set(HPARAM_COLUMNS))
+    varying = [k for k in order if k == "r" or len({str(other.hparams.get(k)) for other in rows}) > 1]
     return row.label + "".join(f" {k}={row.hparams[k]:g}" if isinstance(row.hparams[k], float) else
                                f" {k}={row.hparams[k]}" for k in varying)
 
