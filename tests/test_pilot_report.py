@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import random
 import statistics
@@ -44,6 +45,11 @@ def asdiv(r: int, seed: int) -> float:
     return round(PROBLEMS * (0.05 + 0.005 * r + 0.01 * noise("asdiv", r, seed))) / PROBLEMS
 
 
+def correct_ids(r: int, seed: int) -> set[int]:
+    """Which problems a run gets right: as many as its ASDiv EM says, a different draw per run."""
+    return set(random.Random(repr(("items", r, seed))).sample(range(PROBLEMS), round(asdiv(r, seed) * PROBLEMS)))
+
+
 def write_events(folder, values: dict[str, dict[int, float]]) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
@@ -63,6 +69,9 @@ def pilot(tmp_path_factory):
                            {"method": "lora", "label": "LoRA", "r": r, "lr": 1e-3, "seed": seed},
                            {"trainable_params": 1000 * r, "eval_loss": loss(r, seed, 50), "global_step": 50},
                            {"eval/asdiv": {"accuracy": asdiv(r, seed), "num_examples": PROBLEMS}})
+            right = correct_ids(r, seed)
+            (run / "eval" / "asdiv" / "predictions.jsonl").write_text("".join(
+                json.dumps({"id": f"asdiv_{i}", "correct": i in right}) + "\n" for i in range(PROBLEMS)))
             write_events(run / "finetune", {"eval_loss": {s: loss(r, seed, s) for s in STEPS},
                                             "eval_token_accuracy": {s: token_acc(r, seed, s) for s in STEPS},
                                             "train_loss": {10: 2.0, 20: 1.5}})
@@ -130,6 +139,16 @@ def test_pilot_numbers_against_a_hand_computation(pilot, tmp_path):
     assert row["step"] == "50" and row["trials"] == str(PROBLEMS)
     assert float(row["mean"]) == pytest.approx(statistics.mean(100 * asdiv(8, s) for s in SEEDS))
     assert not [r for r in rows if r["column"] == "ASDiv EM" and r["step"] == "25"]
+
+    # the paired per-problem error of an ASDiv difference, against the seed error of the mean difference
+    per_item = [statistics.mean((i in correct_ids(8, s)) - (i in correct_ids(2, s)) for s in SEEDS)
+                for i in range(PROBLEMS)]
+    row = find(rows, kind="pair", column="ASDiv EM", name="LoRA r=8 − LoRA r=2")
+    item_se = 100 * statistics.stdev(per_item) / math.sqrt(PROBLEMS)
+    assert float(row["item se"]) == pytest.approx(item_se)
+    seed_se = statistics.stdev([100 * (asdiv(8, s) - asdiv(2, s)) for s in SEEDS]) / math.sqrt(len(SEEDS))
+    assert float(row["seed se"]) == pytest.approx(seed_se) and float(row["item se / seed se"]) == pytest.approx(
+        item_se / seed_se)
 
     # the protocol ranking: median over neighbouring pairs of |mean| / std of the differences
     def effect(metric, step, small, large):

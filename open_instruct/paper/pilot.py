@@ -26,9 +26,10 @@ and writes into ``--output_dir``:
   for the accuracies, the binomial standard error √(p(1−p)/N) of the metric on the held-out set (N problems for
   ASDiv, N answer tokens for token accuracy, from ``--heldout_tokens``; tokens of one answer are not independent,
   so this is a lower bound) beside the seed std. All runs share one held-out set, so this error is not part of
-  the seed spread: it is how far the number could move on another draw of held-out problems; and a ranking of
-  the (metric, step) protocols by the median ``Δ/sd_paired`` over neighbouring pairs, whose winner is named in
-  one generated line;
+  the seed spread: it is how far the number could move on another draw of held-out problems (for ASDiv pairs also
+  the paired per-problem error from ``predictions.jsonl``, beside the seed error of the mean difference); and a
+  ranking of the (metric, step) protocols by the median ``Δ/sd_paired`` over neighbouring pairs, whose winner is
+  named in one generated line;
 * ``pilot.csv``: every number of those tables (column ``kind``: ``setting``, ``pair`` or ``protocol``);
 * ``pilot_steps.png``: each metric against step, one line per setting with a ± one seed std band;
 * ``runs/<run>/``: each run's record without weights, as `open_instruct.paper.report` archives it, so the report
@@ -44,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from open_instruct.io_utils import write_text
+from open_instruct.io_utils import iter_jsonl, write_text
 from open_instruct.paper import plots
 from open_instruct.paper.report import archive_runs, check_archivable, provenance_lines, setting_name
 from open_instruct.paper.stats import Interval, binomial_se, t_interval
@@ -65,6 +66,7 @@ from open_instruct.paper.summarize import (
 STEP_COLUMNS = ("held-out loss", "held-out token acc")  # finetune logs them every --eval_steps
 FINAL_COLUMNS = ("ASDiv EM",)  # evaluated once, on the final adapter
 ASDIV_METRICS = "eval/asdiv/metrics.json"  # its num_examples is the N of ASDiv EM's binomial error
+ASDIV_PREDICTIONS = "eval/asdiv/predictions.jsonl"  # per problem: id, correct
 TOKEN_ACCURACY = "held-out token acc"
 ACCURACY_COLUMNS = ("held-out token acc", "ASDiv EM")
 LEVEL = 0.95
@@ -84,6 +86,7 @@ class Setting:
     row: Row
     values: dict[str, dict[int, dict[int, float]]] = field(default_factory=dict)  # column -> step -> seed -> value
     trials: dict[str, int] = field(default_factory=dict)  # accuracy column -> held-out items it is measured on
+    items: dict[int, dict[str, bool]] = field(default_factory=dict)  # seed -> ASDiv problem id -> correct
 
     def at(self, column: str, step: int) -> dict[int, float]:
         return self.values.get(column, {}).get(step, {})
@@ -119,6 +122,9 @@ def collect(runs: list[Run], heldout_tokens: Optional[int] = None) -> list[Setti
             for column in FINAL_COLUMNS:
                 if column in run.metrics and final is not None:
                     setting.values.setdefault(column, {}).setdefault(final, {})[run.seed] = run.metrics[column]
+            predictions = run.path / ASDIV_PREDICTIONS
+            if predictions.is_file():
+                setting.items[run.seed] = {str(rec["id"]): bool(rec["correct"]) for _, rec in iter_jsonl(predictions)}
             asdiv = run.path / ASDIV_METRICS
             if asdiv.is_file() and isinstance(examples := json.loads(asdiv.read_text()).get("num_examples"), int):
                 if setting.trials.setdefault("ASDiv EM", examples) != examples:
@@ -189,6 +195,20 @@ def pair_stats(small: Setting, large: Setting, column: str, step: int) -> Option
     return PairStats(interval, seeds, pooled)
 
 
+def item_se(small: Setting, large: Setting, seeds: tuple[int, ...]) -> Optional[float]:
+    """Held-out sampling error of the mean ASDiv EM difference (percentage points), from the per-problem records:
+    each problem's difference larger − smaller averaged over `seeds`, then their std / √(problems). Both settings
+    answer the same problems, so this is the paired (McNemar-style) error, not √2 binomial errors. None where a
+    seed lacks predictions or the two disagree on which problems were asked."""
+    if len(seeds) < 1 or any(seed not in small.items or seed not in large.items for seed in seeds):
+        return None
+    ids = set(small.items[seeds[0]])
+    if any(set(side.items[seed]) != ids for side in (small, large) for seed in seeds) or len(ids) < 2:
+        return None
+    per_item = [sum(large.items[s][i] - small.items[s][i] for s in seeds) / len(seeds) for i in sorted(ids)]
+    return 100 * statistics.stdev(per_item) / math.sqrt(len(per_item))
+
+
 def _steps(settings: list[Setting], column: str) -> list[int]:
     return sorted({step for s in settings for step in s.values.get(column, {})})
 
@@ -228,6 +248,9 @@ def records(settings: list[Setting]) -> list[dict]:
                             "ci high": stats.interval.high, "excludes 0": stats.interval.excludes_zero,
                             "pooled seed std": stats.pooled_std, "effect / paired std": stats.per_paired_std,
                             "effect / seed std": stats.per_seed_std})
+                if column == "ASDiv EM" and (se := item_se(small, large, stats.seeds)) is not None:
+                    seed_se = stats.interval.std / math.sqrt(stats.interval.n) if stats.interval.std else None
+                    out[-1].update({"item se": se, "seed se": seed_se, "item se / seed se": _ratio(se, seed_se)})
                 if adjacent:
                     effects.append(out[-1])
             scored = [e["effect / paired std"] for e in effects if e["effect / paired std"] is not None]
@@ -243,7 +266,8 @@ def records(settings: list[Setting]) -> list[dict]:
 
 CSV_COLUMNS = ["kind", "column", "step", "name", "params", "adjacent", "n", "seeds", "mean", "std", "ci low",
                "ci high", "excludes 0", "pooled seed std", "effect / paired std", "min effect / paired std",
-               "effect / seed std", "trials", "binomial se", "se / seed std"]
+               "effect / seed std", "trials", "binomial se", "se / seed std", "item se", "seed se",
+               "item se / seed se"]
 
 
 def verdict(recs: list[dict]) -> str:
@@ -298,6 +322,16 @@ def to_markdown(recs: list[dict], settings: list[Setting], header: list[str]) ->
                   f"{_fmt(r['std'])} | {_fmt(r['se / seed std'])} |" for r in sampling]
     else:
         lines.append(f"{MISSING} (no N: give `--heldout_tokens` for token accuracy; ASDiv's comes from its metrics)")
+    paired_items = [r for r in recs if r["kind"] == "pair" and r.get("item se") is not None]
+    if paired_items:
+        lines += ["", "For a difference between two settings the relevant held-out error is the paired one: both "
+                  "answer the same ASDiv problems, so from `predictions.jsonl`, item SE = std over problems of "
+                  "(larger − smaller correct, averaged over the seeds) / √problems, against the seed SE of the mean "
+                  "paired difference, std / √seeds.", "",
+                  "| pair | step | mean difference | item SE | seed SE | item SE / seed SE |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {r['step']} | {_fmt(r['mean'])} | {_fmt(r['item se'])} | {_fmt(r['seed se'])} | "
+                  f"{_fmt(r['item se / seed se'])} |" for r in paired_items]
     lines += ["", "## Paired differences (larger − smaller setting, same seed)", "",
               f"Mean ± sample std of the per-seed differences, {LEVEL:.0%} t-interval (t with n − 1 degrees of "
               "freedom); Δ = |mean|; Δ/sd_paired = Δ / std of the differences; Δ/sd_seed = Δ / √((s_a² + s_b²)/2), "
