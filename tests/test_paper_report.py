@@ -8,6 +8,8 @@ import io
 import json
 import math
 import statistics
+import subprocess
+import sys
 
 import pytest
 from test_paper_summarize import make_run
@@ -172,3 +174,15 @@ def test_runs_provenance_from_grid_markers(grid, tmp_path):
     made = "- runs made by: commit abcdef123456 on Test CPU, 4 CPU cores; python 3.11.0, torch 9.9 (2 stages)"
     assert made in markdown
     assert (tmp_path / "docs" / "runs" / "lora_sd1" / ".grid" / "finetune.done").is_file()
+
+
+def test_cli_frontier_switch(frontier_grid, tmp_path):
+    def report(*flags):
+        out = tmp_path / "_".join(flags or ("default",))
+        proc = subprocess.run([sys.executable, "scripts/report_results.py", str(frontier_grid), "--task", "frontier",
+                               *flags, "--output_dir", str(out)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        return out
+
+    assert (report() / "matched_budgets.csv").is_file()  # on by default for the frontier task
+    assert not (report("--no-frontier") / "matched_budgets.csv").exists()
