@@ -63,19 +63,21 @@ from open_instruct.paper.summarize import (
     to_csv,
 )
 
-STEP_COLUMNS = ("held-out loss", "held-out token acc")  # finetune logs them every --eval_steps
-FINAL_COLUMNS = ("ASDiv EM",)  # evaluated once, on the final adapter
-ASDIV_METRICS = "eval/asdiv/metrics.json"  # its num_examples is the N of ASDiv EM's binomial error
-ASDIV_PREDICTIONS = "eval/asdiv/predictions.jsonl"  # per problem: id, correct
-TOKEN_ACCURACY = "held-out token acc"
-ACCURACY_COLUMNS = ("held-out token acc", "ASDiv EM")
+TOKEN_ACCURACY, ASDIV = "held-out token acc", "ASDiv EM"
+STEP_COLUMNS = ("held-out loss", TOKEN_ACCURACY)  # finetune logs them every --eval_steps
+FINAL_COLUMNS = (ASDIV,)  # evaluated once, on the final adapter
+ACCURACY_COLUMNS = (TOKEN_ACCURACY, ASDIV)
 LEVEL = 0.95
 
 
 def _source(column: str):
-    """Where finetune puts a step column: its all_results.json key is also its tensorboard tag (one dict, logged
-    and saved), with the summarizer's display scale."""
+    """The summarizer's record of where a column lives. For a step column, its all_results.json key is also its
+    tensorboard tag (finetune logs and saves one dict); values are multiplied by its display scale."""
     return next(source for source in METRIC_SOURCES if source.column == column)
+
+
+ASDIV_METRICS = _source(ASDIV).paths[0]  # eval/asdiv/metrics.json: its num_examples is the N of the binomial error
+ASDIV_PREDICTIONS = str(Path(ASDIV_METRICS).with_name("predictions.jsonl"))  # eval.heldout's per-problem records
 
 
 @dataclass
@@ -127,7 +129,7 @@ def collect(runs: list[Run], heldout_tokens: Optional[int] = None) -> list[Setti
                 setting.items[run.seed] = {str(rec["id"]): bool(rec["correct"]) for _, rec in iter_jsonl(predictions)}
             asdiv = run.path / ASDIV_METRICS
             if asdiv.is_file() and isinstance(examples := json.loads(asdiv.read_text()).get("num_examples"), int):
-                if setting.trials.setdefault("ASDiv EM", examples) != examples:
+                if setting.trials.setdefault(ASDIV, examples) != examples:
                     raise ValueError(f"{setting.name}: ASDiv runs on different numbers of problems ({asdiv})")
         if heldout_tokens:
             setting.trials[TOKEN_ACCURACY] = heldout_tokens
@@ -144,23 +146,18 @@ def _by_size(members: list[Setting]) -> list[Setting]:
     return sorted(members, key=lambda s: (s.row.hparams.get("r", 0), s.row.trainable_params or 0))
 
 
-def pairs(settings: list[Setting]) -> list[tuple[Setting, Setting]]:
-    """(smaller, larger) within each method (`_by_size`): neighbours, then smallest vs largest."""
+def pairs(settings: list[Setting]) -> list[tuple[Setting, Setting, bool]]:
+    """(smaller, larger, neighbours?) within each method (`_by_size`): neighbours, then smallest vs largest."""
     by_label: dict[str, list[Setting]] = {}
     for setting in settings:
         by_label.setdefault(setting.row.label, []).append(setting)
     result = []
     for members in by_label.values():
         members = _by_size(members)
-        result += list(zip(members, members[1:]))
+        result += [(small, large, True) for small, large in zip(members, members[1:])]
         if len(members) > 2:
-            result.append((members[0], members[-1]))
+            result.append((members[0], members[-1], False))
     return result
-
-
-def _adjacent(pair: tuple[Setting, Setting], settings: list[Setting]) -> bool:
-    same = _by_size([s for s in settings if s.row.label == pair[0].row.label])
-    return same.index(pair[1]) - same.index(pair[0]) == 1
 
 
 def _ratio(numerator: float, denominator: Optional[float]) -> Optional[float]:
@@ -200,7 +197,7 @@ def item_se(small: Setting, large: Setting, seeds: tuple[int, ...]) -> Optional[
     each problem's difference larger − smaller averaged over `seeds`, then their std / √(problems). Both settings
     answer the same problems, so this is the paired (McNemar-style) error, not √2 binomial errors. None where a
     seed lacks predictions or the two disagree on which problems were asked."""
-    if len(seeds) < 1 or any(seed not in small.items or seed not in large.items for seed in seeds):
+    if not seeds or any(seed not in small.items or seed not in large.items for seed in seeds):
         return None
     ids = set(small.items[seeds[0]])
     if any(set(side.items[seed]) != ids for side in (small, large) for seed in seeds) or len(ids) < 2:
@@ -237,18 +234,17 @@ def records(settings: list[Setting]) -> list[dict]:
                     rec.update({"trials": trials, "binomial se": se, "se / seed std": _ratio(se, interval.std)})
                 out.append(rec)
             effects = []
-            for small, large in pairs(settings):
+            for small, large, adjacent in pairs(settings):
                 stats = pair_stats(small, large, column, step)
                 if stats is None:
                     continue
-                adjacent = _adjacent((small, large), settings)
                 out.append({"kind": "pair", "column": column, "step": step, "name": f"{large.name} − {small.name}",
                             "adjacent": adjacent, "n": stats.interval.n, "seeds": " ".join(map(str, stats.seeds)),
                             "mean": stats.interval.mean, "std": stats.interval.std, "ci low": stats.interval.low,
                             "ci high": stats.interval.high, "excludes 0": stats.interval.excludes_zero,
                             "pooled seed std": stats.pooled_std, "effect / paired std": stats.per_paired_std,
                             "effect / seed std": stats.per_seed_std})
-                if column == "ASDiv EM" and (se := item_se(small, large, stats.seeds)) is not None:
+                if column == ASDIV and (se := item_se(small, large, stats.seeds)) is not None:
                     seed_se = stats.interval.std / math.sqrt(stats.interval.n) if stats.interval.std else None
                     out[-1].update({"item se": se, "seed se": seed_se, "item se / seed se": _ratio(se, seed_se)})
                 if adjacent:
