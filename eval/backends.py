@@ -5,11 +5,13 @@ Two backends with one ``generate`` signature:
 * :class:`HFBackend` — transformers ``generate`` on left-padded batches (CPU or GPU, optional 8-bit), plus
   :meth:`HFBackend.score_choices` for multiple-choice evals (next-token log-probabilities of candidates).
 * :class:`VLLMBackend` — ``vllm.LLM`` for fast GPU generation. vLLM only serves vanilla LoRA tensors, so a
-  PRoLoRA adapter is first expanded to an equivalent LoRA adapter with ``prolora.export_as_lora``.
+  PRoLoRA or MoS adapter is first expanded to an equivalent LoRA adapter (``prolora.export_as_lora``,
+  ``prolora.export_mos_as_lora``, through `open_instruct.serve`).
 
-A model is a merged checkpoint, a base model plus a PEFT adapter folder (LoRA or PRoLoRA; its
-``adapter_config.json`` says which), or a hub name. Completions are returned without the prompt and cut at the
-first stop string, so both backends give the same text for the same tokens.
+A model is a merged checkpoint, a base model plus a PEFT adapter folder (any method of the registry in
+`open_instruct.peft_methods`: LoRA, PRoLoRA, MoS, ...; its ``adapter_config.json`` says which), or a hub name.
+Completions are returned without the prompt and cut at the first stop string, so both backends give the same text
+for the same tokens.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def check_qlora_adapter(trained_on: dict, adapter_name_or_path: str, load_in_8bi
 def load_model_and_tokenizer(model_name_or_path: str | None, tokenizer_name_or_path: str | None = None,
                              adapter_name_or_path: str | None = None, load_in_8bit: bool = False,
                              dtype: str | torch.dtype = "auto", device: str | None = None):
-    """Load a causal LM (optionally with a LoRA/PRoLoRA adapter) and its tokenizer, ready for inference.
+    """Load a causal LM (optionally with an adapter: LoRA, PRoLoRA, MoS, ...) and its tokenizer, for inference.
 
     Adapters are merged into the weights after loading (same outputs, no adapter overhead) unless the base is
     8-bit, where they stay as separate PEFT layers. Embeddings are resized first if the tokenizer has grown
@@ -260,8 +262,8 @@ def import_vllm():
 
 
 def _servable_adapter(model_name_or_path: str, adapter_name_or_path: str) -> tuple[str, int]:
-    """A vanilla LoRA folder vLLM can read and the ``max_lora_rank`` it needs. PRoLoRA / Tied-LoRA / VeRA adapters
-    are exported by `open_instruct.serve` (cached by content under ``$PROLORA_CACHE/served_adapters``)."""
+    """A vanilla LoRA folder vLLM can read and the ``max_lora_rank`` it needs. PRoLoRA / MoS / Tied-LoRA / VeRA
+    adapters are exported by `open_instruct.serve` (cached by content under ``$PROLORA_CACHE/served_adapters``)."""
     from open_instruct.cli import UsageError
     from open_instruct.serve import export_servable, inspect_adapter, vllm_max_lora_rank
 
@@ -274,7 +276,7 @@ def _servable_adapter(model_name_or_path: str, adapter_name_or_path: str) -> tup
 
 
 class VLLMBackend:
-    """Generation with ``vllm.LLM``; an adapter is served through a ``LoRARequest`` (PRoLoRA exported to LoRA)."""
+    """Generation with ``vllm.LLM``; an adapter is served through a ``LoRARequest`` (PRoLoRA, MoS exported to LoRA)."""
 
     def __init__(self, model_name_or_path: str | None, tokenizer_name_or_path: str | None = None,
                  adapter_name_or_path: str | None = None):
