@@ -249,11 +249,12 @@ def records(settings: list[Setting]) -> list[dict]:
                     out[-1].update({"item se": se, "seed se": seed_se, "item se / seed se": _ratio(se, seed_se)})
                 if adjacent:
                     effects.append(out[-1])
-            scored = [e["effect / paired std"] for e in effects if e["effect / paired std"] is not None]
-            if scored:
+            effects = [e for e in effects if e["effect / paired std"] is not None]  # a std to divide by
+            if effects:
+                scored = [e["effect / paired std"] for e in effects]
                 seed_scored = [e["effect / seed std"] for e in effects if e["effect / seed std"] is not None]
                 out.append({"kind": "protocol", "column": column, "step": step, "name": f"{column} at step {step}",
-                            "n": len(scored), "effect / paired std": statistics.median(scored),
+                            "n": len(effects), "effect / paired std": statistics.median(scored),
                             "min effect / paired std": min(scored),
                             "effect / seed std": statistics.median(seed_scored) if seed_scored else None,
                             "excludes 0": sum(bool(e["excludes 0"]) for e in effects)})
