@@ -196,3 +196,14 @@ def test_cli_errors(tmp_path, args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_writes_the_report(pilot, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "scripts/pilot_report.py", str(pilot), "--output_dir", str(out),
+                           "--heldout_tokens", str(TOKENS)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == (out / "pilot.md").read_text().strip()
+    assert {"pilot.md", "pilot.csv", "pilot_steps.png", "runs"} <= {p.name for p in out.iterdir()}
+    assert find(csv_rows(out / "pilot.csv"), kind="setting", column="held-out token acc", step=50,
+                name="LoRA r=8")["trials"] == str(TOKENS)
