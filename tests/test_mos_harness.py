@@ -3,8 +3,12 @@ instantiated model, the MoS flags are refused for other methods, and the Llama-2
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 
 from open_instruct.finetune import parse_args
 from open_instruct.paper import params
@@ -98,3 +102,98 @@ def test_serve_exports_a_mos_adapter_as_an_exact_lora(tmp_path):
     ids = torch.randint(0, 128, (2, 5))
     assert lora.peft_config["default"].peft_type == "LORA"
     torch.testing.assert_close(lora.eval()(ids).logits, model.eval()(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+# ---- the grid and the summarizer -----------------------------------------------------------------------------
+
+def _mos_grid(tmp_path, **overrides) -> dict:
+    """A grid over LoRA and MoS at r=8 on a tiny local checkpoint (the toy data of finetune_helpers)."""
+    from finetune_helpers import make_tiny_checkpoint, write_toy_data
+
+    from open_instruct.paper.grid import load_config
+
+    model = make_tiny_checkpoint(tmp_path / "model")
+    grid = {"name": "mos_grid", "model": str(model), "output_dir": str(tmp_path / "out"), "seeds": [1],
+            "train": {"train_file": str(write_toy_data(tmp_path / "data.jsonl")), "max_seq_length": 48,
+                      "per_device_train_batch_size": 4, "learning_rate": 1e-2, "lora_alpha": 16,
+                      "max_train_steps": 2, "lora_target_modules": ["q_proj", "v_proj", "up_proj"]},
+            "evals": {"asdiv": {"module": "eval.gsm.run_eval", "args": {"data_dir": str(tmp_path / "asdiv")}}},
+            "methods": [{"name": "lora", "method": "lora", "r": 8},
+                        {"name": "mos", "method": "mos", "r": 8, "lr": [1.0e-2, 2.0e-2]}],
+            "summary": {"task": "training"}, **overrides}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    return load_config(tmp_path / "grid.yaml")
+
+
+def test_a_mos_grid_row_expands_and_passes_the_dry_run(tmp_path, capsys):
+    from open_instruct.paper.grid import cell_stages, expand_cells, run_grid
+
+    config = _mos_grid(tmp_path)
+    cells = expand_cells(config)
+    assert [cell.folder for cell in cells] == ["lora_r8_sd1", "mos_r8_lr0.01_sd1", "mos_r8_lr0.02_sd1"]
+    assert {cell.label for cell in cells if cell.method == "mos"} == {"MoS"}
+    run_grid(config, dry_run=True)  # every command line through its module's parser, flag checks and geometry
+    printed = capsys.readouterr().out
+    assert printed.count("--peft_method mos") == 2 and not (tmp_path / "out").exists()
+
+    mos = next(cell for cell in cells if cell.method == "mos")
+    stages = {s.name: s.command for s in cell_stages(config, mos, tmp_path / "cell", config["model"])}
+    assert list(stages) == ["finetune", "merge", "eval_asdiv"]
+    args = parse_args(stages["finetune"][3:])
+    assert (args.peft_method, args.lora_rank, args.learning_rate, args.seed) == ("mos", 8, 1e-2, 1)
+    assert isinstance(build_peft_config(args), __import__("prolora").MosConfig)
+
+
+@pytest.mark.slow
+def test_a_mos_grid_runs_merges_and_is_summarized_with_its_trainable_params(tmp_path):
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from open_instruct.paper.grid import run_grid
+
+    config = _mos_grid(tmp_path, evals={}, methods=[{"name": "lora", "method": "lora", "r": 8},
+                                                    {"name": "mos", "method": "mos", "r": 8}])
+    result = run_grid(config)
+    assert not result.failures and result.stages_run == 4  # 2 x (finetune, merge)
+    out = Path(config["output_dir"])
+    assert (out / "mos_r8_sd1" / "merged" / "config.json").is_file()
+
+    def trainable(*flags):  # independent count: the PEFT model the same flags build
+        base = AutoModelForCausalLM.from_pretrained(config["model"])
+        peft_config = build_peft_config(cli("--lora_rank", "8", "--lora_target_modules", "q_proj", "v_proj",
+                                            "up_proj", *flags))
+        return get_peft_model(base, peft_config).get_nb_trainable_parameters()[0]
+
+    from open_instruct.paper import summarize
+
+    rows = summarize.summarize_runs([summarize.read_run(p) for p in summarize.find_run_dirs([out])],
+                                    summarize.TASKS["training"])
+    by_label = {row.label: row for row in rows}
+    assert sorted(by_label) == ["LoRA", "MoS"]
+    assert by_label["LoRA"].trainable_params == trainable()
+    mos = by_label["MoS"]
+    assert mos.trainable_params == trainable("--peft_method", "mos")
+    assert (mos.hparams["r"], mos.hparams["R"], mos.hparams["p"], mos.hparams["l"]) == (8, 8, 0, 1)
+    table = (out / "summary" / "summary_training.md").read_text()
+    assert "| MoS |" in table and f"{mos.trainable_params:,}" in table
+
+
+def test_summarizer_keeps_mos_settings_apart_and_labels_ablations(tmp_path):
+    from open_instruct.paper import summarize
+    from prolora import MosConfig
+
+    settings = {"mos_R2_p1_l4": dict(mos_r=2, private_r=1, shards_per_vector=4),
+                "mos_R4": dict(mos_r=4),
+                "mos_R4_ablated": dict(mos_r=4, subset_selection=False, pair_dissociation=False)}
+    for folder, kwargs in settings.items():
+        run = tmp_path / folder
+        run.mkdir()
+        MosConfig(r=8, lora_alpha=16, target_modules=["q_proj"], **kwargs).save_pretrained(str(run))
+        (run / "all_results.json").write_text(json.dumps({"trainable_params": 1000 * kwargs["mos_r"],
+                                                          "train_loss": 1.0}))
+        (run / "completed").write_text("")
+    markdown = summarize.summarize([tmp_path], "training", tmp_path / "summary")
+    assert "| Method | r | R | p | l | alpha |" in markdown
+    assert "| MoS | 8 | 2 | 1 | 4 | 16 | 1 | 2,000 |" in markdown
+    assert "| MoS | 8 | 4 | 0 | 1 | 16 | 1 | 4,000 |" in markdown
+    assert "| MoS w/o subset selection, pair dissociation | 8 | 4 | 0 | 1 | 16 | 1 | 4,000 |" in markdown

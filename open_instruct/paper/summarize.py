@@ -93,7 +93,7 @@ TASKS = {
     "frontier": Task(("held-out loss", "held-out token acc", "ASDiv EM")),  # the CPU pilot and frontier grids
     "training": Task(("train loss", "held-out loss", "train time (h)")),
 }
-HPARAM_COLUMNS = ("r", "u", "m", "n", "alpha", "lr")
+HPARAM_COLUMNS = ("r", "u", "m", "n", "R", "p", "l", "alpha", "lr")  # u, m, n: PRoLoRA's; R, p, l: MoS's
 PEFT_LABELS = {method.peft_type: method.label for method in METHODS.values()}
 
 
@@ -149,6 +149,13 @@ def _method_from_adapter(adapter: dict) -> tuple[str, dict]:
             label = "CLoRA (no rotation)"
         if adapter.get("rectified_init") is False:
             label += " w/o rectified init"
+    if peft_type == "MOS":  # MosConfig's fields; mos_r None means R = r
+        hparams.update(R=adapter.get("mos_r") or adapter.get("r"), p=adapter.get("private_r", 0),
+                       l=adapter.get("shards_per_vector", 1))
+        ablated = [name.replace("_", " ") for name in ("subset_selection", "pair_dissociation", "global_pool")
+                   if adapter.get(name) is False]
+        if ablated:
+            label += " w/o " + ", ".join(ablated)
     return label, hparams
 
 
