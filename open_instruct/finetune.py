@@ -103,6 +103,7 @@ def train(args) -> dict:
         "train_loss": state["loss_sum"] / max(state["global_step"], 1),
         "eval_loss": eval_metrics.get("eval_loss"),
         "eval_token_accuracy": eval_metrics.get("eval_token_accuracy"),
+        "eval_tokens": eval_metrics.get("eval_tokens"),
         "train_runtime": state["train_runtime"],
         "global_step": state["global_step"],
         "trainable_params": trainable_params,

@@ -159,6 +159,7 @@ def test_held_out_evaluation_counts_loss_and_greedy_hits_over_labelled_tokens():
             count += keep.sum().item()
     assert metrics["eval_loss"] == pytest.approx(loss_sum / count, rel=1e-5)
     assert metrics["eval_token_accuracy"] == pytest.approx(hits / count, abs=1e-9)
+    assert metrics["eval_tokens"] == count
     assert 0 < count and model.training  # evaluate leaves the model in training mode
 
 # ------------------------------------------------------------------------------------ token cache & split

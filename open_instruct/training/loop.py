@@ -77,7 +77,8 @@ def evaluate(model, eval_dl, accelerator, loss_fn: CausalLMLoss) -> dict[str, fl
     model.train()
     tokens = accelerator.reduce(token_count, "sum")
     return {"eval_loss": (accelerator.reduce(loss_sum, "sum") / tokens).item(),
-            "eval_token_accuracy": (accelerator.reduce(hits, "sum") / tokens).item()}
+            "eval_token_accuracy": (accelerator.reduce(hits, "sum") / tokens).item(),
+            "eval_tokens": int(tokens.item())}  # the accuracy's number of trials
 
 
 def _log_eval(args, accelerator, metrics: dict[str, float], step: int, prefix: str) -> None:
