@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import textwrap
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -85,6 +86,40 @@ def test_two_processes_keep_adapters_in_sync(assets, tmp_path, method):
          "step_3", "tokenizer.json", "tokenizer_config.json"])
     assert sorted(p.name for p in (out / "step_3").glob("random_states_*")) == ["random_states_0.pkl",
                                                                                  "random_states_1.pkl"]
+    assert json.loads((out / "all_results.json").read_text())["global_step"] == 6
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_two_machines_on_localhost_keep_adapters_in_sync(assets, tmp_path, method):
+    """docs/harness.md's multi-node line, both "machines" on this host: two launches with --num_machines 2 and their
+    own --machine_rank meet at --main_process_ip (torch's TCP rendezvous); one process per machine."""
+    flags, trained_B = METHODS[method]
+    script = tmp_path / "rank_dump.py"
+    script.write_text(RANK_DUMP)
+    out = tmp_path / "out"
+
+    def machine(rank: int):
+        return run([ACCELERATE, "launch", "--multi_gpu", "--num_machines", "2", "--machine_rank", str(rank),
+                    "--main_process_ip", "127.0.0.1", "--main_process_port", "29535", "--num_processes", "2",
+                    str(script), *tiny_args(assets["model"], assets["data"], out, "--per_device_train_batch_size", "2",
+                                            *flags)],
+                   env={"ACCELERATE_USE_CPU": "true"})
+
+    with ThreadPoolExecutor(2) as pool:
+        procs = list(pool.map(machine, (0, 1)))
+    for proc in procs:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert "MULTI_CPU" in proc.stderr
+    assert "2 × 1 × 2 examples" in procs[0].stderr  # the main process's log: batch x accumulation x world size
+
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for name in rank0["adapter"]:
+        torch.testing.assert_close(rank0["adapter"][name], rank1["adapter"][name], rtol=0, atol=0, msg=name)
+    assert rank0["adapter"][trained_B].abs().sum() > 0
+    saved = load_adapter_tensors(out)
+    assert saved.keys() == rank0["adapter"].keys()
+    for name, tensor in saved.items():
+        torch.testing.assert_close(tensor, rank0["adapter"][name], rtol=0, atol=0, msg=name)
     assert json.loads((out / "all_results.json").read_text())["global_step"] == 6
 
 
