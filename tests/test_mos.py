@@ -384,3 +384,34 @@ def test_fused_delta_gradients_with_and_without_dropout(p):
         torch.manual_seed(11)
         dropped = f(x, result, pool_A, pool_B) - result
         assert not torch.allclose(dropped, mos_delta(x, pool_A, pool_B, index_A, index_B, 7, 5, 2, 0.7))
+
+
+def test_zero3_path_gives_the_fused_paths_output_and_gradients(monkeypatch):
+    """Pools that carry ``ds_id`` (DeepSpeed ZeRO-3's mark on a partitioned parameter) take plain autograd through
+    the gather, with the fused path's dropout draws: for one seed, the same output and pool gradients, every layer
+    reading the shared pools. (Under DeepSpeed itself: tests/test_mos_zero3.py.)"""
+    torch.manual_seed(0)
+    config = MosConfig(r=4, mos_r=3, private_r=1, shards_per_vector=3, lora_dropout=0.3, init_weights=False,
+                       target_modules=["q_proj", "down_proj"])
+    model = get_peft_model(make_tiny_llama(hidden_size=48, intermediate_size=70), config)
+    model.train()
+    pools = [p for p in model.parameters() if p.requires_grad]
+    ids = torch.randint(0, 128, (2, 7))
+
+    def step():
+        torch.manual_seed(7)
+        logits = model(ids).logits
+        return logits.detach(), torch.autograd.grad(logits.square().mean(), pools)
+
+    fused_logits, fused_grads = step()
+    for pool in pools:
+        pool.ds_id = 0
+    assembled = []
+    original = MosLayer.assemble
+    monkeypatch.setattr(MosLayer, "assemble", lambda self, name: assembled.append(name) or original(self, name))
+    zero3_logits, zero3_grads = step()
+    assert len(assembled) == 4  # q_proj and down_proj of both layers took the ZeRO-3 branch
+    torch.testing.assert_close(zero3_logits, fused_logits, rtol=1e-5, atol=1e-6)
+    for got, want in zip(zero3_grads, fused_grads):
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
