@@ -146,6 +146,7 @@ def test_a_mos_grid_row_expands_and_passes_the_dry_run(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_mos_grid_runs_merges_and_is_summarized_with_its_trainable_params(tmp_path):
+    from finetune_helpers import VOCAB_SIZE
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -156,7 +157,17 @@ def test_a_mos_grid_runs_merges_and_is_summarized_with_its_trainable_params(tmp_
     result = run_grid(config)
     assert not result.failures and result.stages_run == 4  # 2 x (finetune, merge)
     out = Path(config["output_dir"])
-    assert (out / "mos_r8_sd1" / "merged" / "config.json").is_file()
+    # merge_lora's merged MoS model is what the evals make of base + adapter folder (their own loading and merge).
+    from eval.backends import load_model_and_tokenizer
+
+    merged = AutoModelForCausalLM.from_pretrained(out / "mos_r8_sd1" / "merged")
+    loaded, _ = load_model_and_tokenizer(config["model"], adapter_name_or_path=str(out / "mos_r8_sd1"), device="cpu")
+    base = AutoModelForCausalLM.from_pretrained(config["model"])
+    ids = torch.randint(0, VOCAB_SIZE, (2, 9))
+    with torch.no_grad():  # the pad row finetune added is drawn afresh by each resize: compare the original vocab
+        logits = merged(ids).logits[..., :VOCAB_SIZE]
+        torch.testing.assert_close(logits, loaded(ids).logits[..., :VOCAB_SIZE], rtol=1e-5, atol=1e-5)
+        assert not torch.equal(logits, base(ids).logits)  # the training landed
 
     def trainable(*flags):  # independent count: the PEFT model the same flags build
         base = AutoModelForCausalLM.from_pretrained(config["model"])
