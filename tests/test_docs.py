@@ -17,6 +17,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import functools
+import json
 import os
 import re
 import shlex
@@ -48,6 +49,12 @@ HOW = {
     "python -m open_instruct.finetune": "tests/test_finetune_peft_methods.py::test_method_trains_and_prolora_merges",
     "accelerate launch --num_processes": "tests/test_finetune_distributed.py::test_two_processes_keep_adapters_in_sync",
     "accelerate launch --use_deepspeed":
+        "tests/test_finetune_distributed.py::test_deepspeed_zero3_trains_saves_and_resumes",
+    "accelerate launch --num_machines 2":
+        "tests/test_finetune_distributed.py::test_two_machines_on_localhost_keep_adapters_in_sync",
+    # multi-node ZeRO-3: its config and ZeRO-3 itself are tested in one process; several machines are not
+    "accelerate launch --num_machines 2 --machine_rank $RANK --main_process_ip $MAIN_IP --main_process_port 29500 "
+    "--num_processes 16 --use_deepspeed":
         "tests/test_finetune_distributed.py::test_deepspeed_zero3_trains_saves_and_resumes",
     "python -m open_instruct.merge_lora": "tests/test_merge_lora.py::test_merged_model_matches_base_plus_adapter",
     "./ft_llama2_7b_superni_mmlu.sh <LORA_RANK>": "tests/test_ft_scripts.py::test_wrong_argument_count_prints_usage",
@@ -98,7 +105,7 @@ HOW = {
     "python benchmarks/bench_eval.py": "tests/test_docs.py::test_benchmark_runs_small",
 }
 
-EXTERNAL = {"docker", "curl", "export", ".venv/bin/ruff", "accelerate"}  # programs that are not ours
+EXTERNAL = {"docker", "curl", "export", ".venv/bin/ruff", "accelerate", "git", "pip", "cd"}  # programs not ours
 TRACKED_ROOTS = ("configs", "scripts", "benchmarks", "tests", "open_instruct", "eval", "prolora")
 RUN_TIMEOUT = 120
 
@@ -214,8 +221,6 @@ def targets(command: DocCommand) -> list[Target]:
     elif words[0] == "bash" or words[0].endswith(".sh"):
         script = words[1] if words[0] == "bash" else words[0]
         found.append(Target((), tuple(words[2:] if words[0] == "bash" else words[1:]), shell_script=REPO / script))
-    else:
-        assert words[0] in EXTERNAL, f"{command.where}: {words[0]!r} is neither ours nor a known outside tool"
     return found
 
 
@@ -259,6 +264,8 @@ def repo_paths(args: tuple[str, ...]) -> list[str]:
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: f"{c.where} {c.key[:60]}")
 def test_docs_command_names_what_exists(command):
+    program = command.words[0]
+    assert targets(command) or program in EXTERNAL, f"{command.where}: {program!r} is neither ours nor a known tool"
     for target in targets(command):
         if target.script:
             assert target.script.is_file(), f"{command.where}: no script {target.script.relative_to(REPO)}"
@@ -397,33 +404,49 @@ def test_docker_commands_fit_the_dockerfile():
 
 
 BENCHMARKS = {  # script → its smallest real run
-    "bench_prolora_layer.py": ["--shapes", "smollm2-135m", "--repeats", "1", "--warmup", "0"],
+    "bench_prolora_layer.py": ["--shapes", "smollm2-135m", "--repeats", "1", "--warmup", "0", "--json", "layer.json"],
     "bench_finetune.py": ["--repeats", "1", "--steps", "1", "--batch_size", "1", "--seq_len", "16"],
     "bench_eval.py": ["--examples", "2", "--batch_sizes", "1", "2", "--repeats", "1", "--max_new_tokens", "4"],
+    "bench_finetune.py --against trainer": ["--against", "trainer", "--datasets", "asdiv", "--examples", "4",
+                                            "--batch_size", "2", "--loop_repeats", "1"],
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(BENCHMARKS) + ["bench_finetune.py --against trainer"])
+@pytest.mark.parametrize("script", sorted(BENCHMARKS))
 def test_benchmark_runs_small(script, tmp_path):
-    """Each benchmark the docs show, on the real SmolLM2, at its smallest settings: it finishes and prints its JSON."""
-    if script.endswith("--against trainer"):
-        if not (REPO / "data" / "processed" / "asdiv" / "asdiv_data.jsonl").is_file():
-            pytest.skip("no data/processed/asdiv (scripts/prepare_train_data.sh --offline builds it)")
-        argv = ["bench_finetune.py", "--against", "trainer", "--datasets", "asdiv", "--examples", "4",
-                "--batch_size", "2", "--loop_repeats", "1"]
-    else:
-        argv = [script, *BENCHMARKS[script]]
-    proc = _run([sys.executable, str(REPO / "benchmarks" / argv[0]), *argv[1:]], tmp_path, timeout=1200)
+    """Each benchmark the docs show, on the real SmolLM2, at its smallest settings: it finishes with its results."""
+    if "--against trainer" in script and not (REPO / "data" / "processed" / "asdiv" / "asdiv_data.jsonl").is_file():
+        pytest.skip("no data/processed/asdiv (scripts/prepare_train_data.sh --offline builds it)")
+    proc = _run([sys.executable, str(REPO / "benchmarks" / script.split()[0]), *BENCHMARKS[script]], tmp_path,
+                timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.strip().splitlines()[-1].startswith("{"), proc.stdout[-2000:]
+    if script.startswith("bench_finetune"):
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        fractions = [result["lora_fraction_of_matmul"], result["prolora_fraction_of_matmul"]] if "--against" not in \
+            script else list(result["asdiv"]["fraction_of_matmul"].values())
+        assert all(f > 0 for f in fractions), result
+    elif script == "bench_prolora_layer.py":
+        assert json.loads((tmp_path / "layer.json").read_text()), "no results written"
+    else:  # bench_eval: a row per task and batch size
+        rows = [line.split() for line in proc.stdout.splitlines() if line.endswith("x")]
+        assert {row[-3] for row in rows} >= {"1", "2"}, proc.stdout[-2000:]
 
 
 @pytest.mark.slow
 def test_demo_runs_small(tmp_path):
-    """The README's demo, on the real SmolLM2 with a handful of examples: it trains both adapters and reports."""
+    """The README's demo on the real SmolLM2, trained and scored on a dozen made-up problems of ASDiv's layout (its
+    held-out loss reads the whole held-out file, so the packaged one would take many minutes)."""
+    data = tmp_path / "data" / "asdiv"
+    data.mkdir(parents=True)
+    for name, numbers in (("asdiv_data.jsonl", range(8)), ("asdiv_heldout.jsonl", range(8, 12))):
+        records = [{"dataset": "asdiv", "id": f"asdiv_{i}", "messages": [
+            {"role": "user", "content": f"Ann has {i} apples and gets 3 more. How many apples does she have?"},
+            {"role": "assistant", "content": f"The answer is {i + 3}."}]} for i in numbers]
+        (data / name).write_text("".join(json.dumps(r) + "\n" for r in records))
     proc = _run([sys.executable, str(REPO / "scripts" / "demo.py"), "--output_dir", str(tmp_path / "demo"),
                  "--data_dir", str(tmp_path / "data"), "--train_examples", "4", "--batch_size", "2", "--num_eval", "2",
                  "--eval_batch_size", "2", "--max_new_tokens", "4"], tmp_path, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "prolora" in proc.stdout.lower(), proc.stdout[-2000:]
+    results = json.loads((tmp_path / "demo" / "demo_results.json").read_text())
+    assert "PRoLoRA" in json.dumps(results), results
