@@ -62,6 +62,7 @@ def assets(tmp_path_factory):
 
 @pytest.mark.parametrize("method, extra, mergeable", [
     ("prolora", ["--unshared_r", "1", "--reduce_lora_A_x", "2", "--reduce_lora_B_x", "2"], True),
+    ("mos", ["--mos_r", "3", "--mos_private_r", "1", "--mos_shards_per_vector", "2"], True),
     ("vera", [], False),
     ("tied_lora", [], False),
 ])
@@ -73,6 +74,10 @@ def test_method_trains_and_prolora_merges(assets, tmp_path, method, extra, merge
     results = json.loads((out / "all_results.json").read_text())
     assert results["peft_method"] == method and results["peft_config"]["r"] == 4
     assert 0 < results["trainable_params"] < results["total_params"]
+    if method == "mos":  # the shard pools are saved once, not per layer (beside each layer's int64 shard indices)
+        saved = load_adapter_tensors(out)
+        assert sum(t.numel() for t in saved.values() if t.is_floating_point()) == results["trainable_params"]
+        assert any("mos_index" in name for name in saved)
     if method == "prolora":
         from prolora import count_adapter_params
 
@@ -93,3 +98,16 @@ def test_method_trains_and_prolora_merges(assets, tmp_path, method, extra, merge
         changed = [n for n, p in merged.named_parameters() if "q_proj" in n and
                    not torch.equal(p, base.get_parameter(n))]
         assert changed  # the trained update landed in the merged weights
+
+
+def test_a_mos_pool_too_small_for_the_model_is_one_error_line(assets, tmp_path):
+    """The pool size depends on the model's layer count, so it is checked when the adapter is built: one
+    ``error:`` line naming the setting, no traceback, nothing written."""
+    out = tmp_path / "out"
+    proc = run([python(), "-m", "open_instruct.finetune", *tiny_args(assets["model"], assets["data"], out),
+                "--peft_method", "mos", "--mos_r", "2", "--mos_private_r", "1", "--mos_shards_per_vector", "2",
+                "--max_train_steps", "1"])
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "mos_r=2" in errors[0] and "Traceback" not in proc.stderr
+    assert not out.exists() or not any(out.iterdir())

@@ -10,6 +10,7 @@ from accelerate.logging import get_logger
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from open_instruct.cli import UsageError
 from open_instruct.peft_methods import (
     build_peft_config,
     describe_peft_config,
@@ -73,7 +74,11 @@ def wrap_with_peft(model, args) -> tuple[torch.nn.Module, dict | None]:
     if not args.use_lora:
         return model, None
     peft_config = build_peft_config(args)
-    return get_peft_model(model, peft_config), describe_peft_config(peft_config)
+    try:
+        wrapped = get_peft_model(model, peft_config)
+    except ValueError as err:  # a setting the model's shapes cannot take (MoS pool too small, no such target, ...)
+        raise UsageError(f"--peft_method {args.peft_method} on {args.model_name_or_path}: {err}") from err
+    return wrapped, describe_peft_config(peft_config)
 
 
 def count_parameters(model) -> tuple[int, int]:
