@@ -34,6 +34,11 @@ where it stopped (fine-tuning itself resumes from its last checkpoint). A failin
 ``.grid/<stage>.failed``; a failed fine-tune or merge skips the rest of that cell (a failed eval only itself),
 the grid goes on and the failures are listed at the end. A ``base`` cell has no training: its evals run on the base
 model.
+
+Scaling out (docs/scale_out.md): with ``devices`` :func:`run_grid` runs one cell per device at a time in a thread
+pool, each cell's stages seeing only its device (``CUDA_VISIBLE_DEVICES``); ``only`` runs one cell (what each task
+of a Slurm array job does, see :mod:`open_instruct.paper.slurm`). Either way a cell is the unit of work and its
+stage markers make it resumable.
 """
 
 from __future__ import annotations
@@ -43,11 +48,14 @@ import functools
 import itertools
 import logging
 import os
+import queue
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -124,10 +132,20 @@ class Stage:
 
 @dataclass
 class GridResult:
+    """Counts and failures of one run; cells running in parallel threads update it through `add` (under a lock)."""
+
     cells: int = 0
     stages_run: int = 0
     stages_skipped: int = 0
     failures: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, run: int = 0, skipped: int = 0, failure: Optional[str] = None) -> None:
+        with self._lock:
+            self.stages_run += run
+            self.stages_skipped += skipped
+            if failure is not None:
+                self.failures.append(failure)
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -446,20 +464,26 @@ def stage_done(stage: Stage, cell_dir: Path) -> bool:
     return (cell_dir / ".grid" / f"{stage.name}.done").is_file() and stage.output.exists()
 
 
-def run_stage(stage: Stage, cell_dir: Path, runner: Runner, result: GridResult) -> bool:
-    """Run one stage unless already done; True when its output is in place afterwards."""
+def on_device(command: list[str], device: Optional[str]) -> list[str]:
+    """`command` run with only `device` visible (``env CUDA_VISIBLE_DEVICES=<device> ...``); unchanged for None."""
+    return command if device is None else ["env", f"CUDA_VISIBLE_DEVICES={device}", *command]
+
+
+def run_stage(stage: Stage, cell_dir: Path, runner: Runner, result: GridResult, device: Optional[str] = None) -> bool:
+    """Run one stage unless already done (on `device` when given); True when its output is in place afterwards."""
     marker_dir = cell_dir / ".grid"
     done, failed = marker_dir / f"{stage.name}.done", marker_dir / f"{stage.name}.failed"
     if stage_done(stage, cell_dir):
-        result.stages_skipped += 1
+        result.add(skipped=1)
         return True
     done.unlink(missing_ok=True)
     log_file = cell_dir / "logs" / f"{stage.name}.log"
-    logger.info("%s: %s", cell_dir.name, stage.name)
+    logger.info("%s: %s%s", cell_dir.name, stage.name, "" if device is None else f" (device {device})")
     started = time.time()
-    status = runner(stage.command, log_file)
-    result.stages_run += 1
-    record = {"command": stage.command, "exit_status": status, "seconds": round(time.time() - started, 1),
+    command = on_device(stage.command, device)
+    status = runner(command, log_file)
+    result.add(run=1)
+    record = {"command": command, "exit_status": status, "seconds": round(time.time() - started, 1),
               "provenance": provenance()}
     if status == 0 and stage.output.exists():
         failed.unlink(missing_ok=True)
@@ -469,7 +493,7 @@ def run_stage(stage: Stage, cell_dir: Path, runner: Runner, result: GridResult) 
     write_json(failed, {**record, "reason": reason, "log_tail": _tail(log_file)})
     message = f"{cell_dir.name}/{stage.name}: {reason} (log: {log_file})"
     logger.error(message)
-    result.failures.append(message)
+    result.add(failure=message)
     return False
 
 
@@ -485,11 +509,86 @@ def prepare_stages(config: dict) -> list[Stage]:
     return stages
 
 
-def run_grid(config: dict, runner: Runner = subprocess_runner, summarize: bool = True,
-             dry_run: bool = False) -> GridResult:
-    """Run every cell of a loaded grid config (see the module docstring); returns counts and failures."""
+def run_cell(config: dict, cell: Cell, output_dir: Path, model: str, runner: Runner, result: GridResult,
+             device: Optional[str] = None) -> bool:
+    """Run one cell's stages in order (finished ones skipped), on `device` when given; True when all are done.
+
+    A failed fine-tune or merge skips the cell's later stages; a failed eval only itself."""
+    cell_dir = output_dir / cell.folder
+    write_json(cell_dir / "run_config.json", run_config(config, cell))
+    stages = cell_stages(config, cell, cell_dir, model)
+    evals = [stage for stage in stages if stage.name.startswith("eval_")]
+    all_done = True
+    for stage in stages:
+        if stage.name == "merge" and evals and all(stage_done(s, cell_dir) for s in evals):
+            result.add(skipped=1)
+            continue  # every eval is done: the merged model is not needed (again)
+        if not run_stage(stage, cell_dir, runner, result, device):
+            all_done = False
+            if stage not in evals:
+                break  # later stages need this one; evals are independent of each other
+    if all_done and not config.get("merge", {}).get("keep_merged", True) and (cell_dir / "merged").is_dir():
+        shutil.rmtree(cell_dir / "merged")
+    return all_done
+
+
+def run_prepare(config: dict, output_dir: Path, runner: Runner, result: GridResult) -> bool:
+    """The grid's ``prepare`` stages (each skipped when done); True when all are done."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return all(run_stage(stage, output_dir, runner, result) for stage in prepare_stages(config))
+
+
+def find_cell(cells: list[Cell], selector: str, source: str = "grid config") -> Cell:
+    """The cell named by `selector`: its index in the grid's order (0-based, as ``cells.txt``) or its folder name."""
+    if selector.isdigit():
+        if int(selector) >= len(cells):
+            raise GridConfigError(f"--cell {selector}: {source} has {len(cells)} cells (indices 0-{len(cells) - 1})")
+        return cells[int(selector)]
+    for cell in cells:
+        if cell.folder == selector:
+            return cell
+    raise GridConfigError(f"--cell {selector}: no such cell in {source} (an index, or a folder such as "
+                          f"{cells[0].folder})")
+
+
+def run_cells_on_devices(config: dict, cells: list[Cell], output_dir: Path, model: str, runner: Runner,
+                         result: GridResult, devices: list[str]) -> None:
+    """Run `cells` in a pool of ``len(devices)`` threads: each cell takes a free device for all its stages and hands
+    it back when it ends, so no two running cells share one. The first exception a cell raises (a bug, or a runner
+    interrupted) cancels the cells not yet started and is raised here once the running ones have ended."""
+    free: queue.Queue[str] = queue.Queue()
+    for device in devices:
+        free.put(device)
+
+    def on_free_device(cell: Cell) -> bool:
+        device = free.get()
+        try:
+            return run_cell(config, cell, output_dir, model, runner, result, device)
+        finally:
+            free.put(device)
+
+    with ThreadPoolExecutor(max_workers=len(devices), thread_name_prefix="grid-device") as pool:
+        futures = [pool.submit(on_free_device, cell) for cell in cells]
+        try:
+            for future in tqdm(as_completed(futures), total=len(futures), desc="grid cells", unit="cell"):
+                future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def run_grid(config: dict, runner: Runner = subprocess_runner, summarize: bool = True, dry_run: bool = False,
+             devices: Optional[list[str]] = None, only: Optional[str] = None) -> GridResult:
+    """Run every cell of a loaded grid config (see the module docstring); returns counts and failures.
+
+    `devices` (e.g. ``["0", "1"]``): run the cells in parallel, one per device at a time. `only` (an index or a
+    folder, see `find_cell`): run just that cell (after the prepare stages, skipped when done) and no summary."""
     output_dir = Path(config["output_dir"])
     cells = expand_cells(config)
+    if only is not None:
+        cells = [find_cell(cells, only, config.get("_source", "grid config"))]
+        summarize = False
     result = GridResult(cells=len(cells))
     if dry_run:
         check_commands(config)
@@ -499,28 +598,14 @@ def run_grid(config: dict, runner: Runner = subprocess_runner, summarize: bool =
             for stage in cell_stages(config, cell, output_dir / cell.folder, config["model"]):
                 print(f"[{cell.folder}] {stage.name}: {' '.join(stage.command)}")
         return result
-    output_dir.mkdir(parents=True, exist_ok=True)
-    for stage in prepare_stages(config):
-        if not run_stage(stage, output_dir, runner, result):
-            return result  # every cell needs what prepare builds
+    if not run_prepare(config, output_dir, runner, result):
+        return result  # every cell needs what prepare builds
     model = resolve_model(config["model"])
-    keep_merged = config.get("merge", {}).get("keep_merged", True)
-    for cell in tqdm(cells, desc="grid cells", unit="cell"):
-        cell_dir = output_dir / cell.folder
-        write_json(cell_dir / "run_config.json", run_config(config, cell))
-        stages = cell_stages(config, cell, cell_dir, model)
-        evals = [stage for stage in stages if stage.name.startswith("eval_")]
-        all_done = True
-        for stage in stages:
-            if stage.name == "merge" and evals and all(stage_done(s, cell_dir) for s in evals):
-                result.stages_skipped += 1
-                continue  # every eval is done: the merged model is not needed (again)
-            if not run_stage(stage, cell_dir, runner, result):
-                all_done = False
-                if stage not in evals:
-                    break  # later stages need this one; evals are independent of each other
-        if all_done and not keep_merged and (cell_dir / "merged").is_dir():
-            shutil.rmtree(cell_dir / "merged")
+    if devices:
+        run_cells_on_devices(config, cells, output_dir, model, runner, result, devices)
+    else:
+        for cell in tqdm(cells, desc="grid cells", unit="cell"):
+            run_cell(config, cell, output_dir, model, runner, result)
     if summarize:
         write_summary(config, output_dir)
     if result.failures:
