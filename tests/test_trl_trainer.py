@@ -34,7 +34,8 @@ def _tiny():
 def _smollm2(path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), _tokenizer(AutoTokenizer.from_pretrained(path))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, _tokenizer(AutoTokenizer.from_pretrained(path))
 
 
 def _tokenizer(tokenizer):
