@@ -1,26 +1,18 @@
 """The `prolora` distribution installs and works on its own: a clean venv with torch, peft and safetensors only.
 
-The venv is cached in .venv-prolora-check/ (git-ignored; built once, ~4 minutes on 2 CPU cores, then reused); every
-run reinstalls ./prolora from the working tree (a regular, non-editable install, so packaging mistakes show), runs
-`pip check` against its declared dependencies, and a script outside the checkout that must not see the harness.
-PEFT itself depends on transformers and accelerate, so those come with it; nothing of open_instruct or eval does.
+The venv is the cached one of tests/helpers/clean_venv.py; every run reinstalls ./prolora from the working tree (a
+regular, non-editable install, so packaging mistakes show), runs `pip check` against its declared dependencies, and
+a script outside the checkout that must not see the harness. PEFT itself depends on transformers and accelerate, so
+those come with it; nothing of open_instruct or eval does. (tests/test_prolora_wheel.py does the same with the built
+wheel.)
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".venv-prolora-check"
-REQUIREMENTS = ["torch==2.13.0", "peft", "safetensors"]  # what a user of the library installs besides it
-MARKER = VENV / "requirements.done"
+from helpers import clean_venv
 
 pytestmark = pytest.mark.slow
 
@@ -69,30 +61,11 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _pip(*args: str) -> None:
-    proc = subprocess.run([str(VENV / "bin" / "python"), "-m", "pip", "-q", *args], capture_output=True, text=True,
-                          timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-
-
-def _ensure_venv() -> None:
-    """Create the cached venv with the library's dependencies once (a lock keeps parallel runs apart)."""
-    VENV.parent.mkdir(exist_ok=True)
-    with open(REPO / ".venv-prolora-check.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if MARKER.is_file() and MARKER.read_text().split() == REQUIREMENTS:
-            return
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True, timeout=300)
-        _pip("install", *REQUIREMENTS)
-        MARKER.write_text("\n".join(REQUIREMENTS) + "\n")
-
-
 def test_prolora_installs_and_runs_without_the_harness(tmp_path):
-    _ensure_venv()
-    _pip("install", "--no-deps", "--no-build-isolation", "--force-reinstall", str(REPO / "prolora"))
-    _pip("check")  # the versions there satisfy prolora's declared dependencies
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    proc = subprocess.run([str(VENV / "bin" / "python"), "-c", SCRIPT], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    with clean_venv.locked():
+        clean_venv.pip("install", "--no-deps", "--no-build-isolation", "--force-reinstall",
+                       str(clean_venv.REPO / "prolora"))
+        clean_venv.pip("check")  # the versions there satisfy prolora's declared dependencies
+        proc = clean_venv.run_script(SCRIPT, tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "transformers imported by peft:" in proc.stdout
