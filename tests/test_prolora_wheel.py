@@ -5,6 +5,7 @@ tests/helpers/clean_venv.py) and imports there, with its version, licence and li
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -44,9 +45,12 @@ def _run(*cmd: str, cwd=None) -> str:
 
 def test_wheel_and_sdist_build_check_install_and_import(tmp_path):
     version = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]["version"]
-    dist = tmp_path / "dist"
+    dist, source = tmp_path / "dist", tmp_path / "prolora"
+    # a fresh copy, so a stale prolora/build/ or egg-info of the checkout cannot leak old files into the wheel (the
+    # CITATION.cff link is followed, as the sdist does)
+    shutil.copytree(PROJECT, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     # --no-isolation: build with the setuptools of this venv (offline-safe; pyproject's build-system floor applies)
-    _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(PROJECT))
+    _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", str(dist), str(source))
     wheel, sdist = dist / f"prolora-{version}-py3-none-any.whl", dist / f"prolora-{version}.tar.gz"
     assert wheel.is_file() and sdist.is_file(), sorted(p.name for p in dist.iterdir())
     assert "PASSED" in _run(sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist))
