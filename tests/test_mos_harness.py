@@ -130,7 +130,7 @@ def test_a_mos_grid_row_expands_and_passes_the_dry_run(tmp_path, capsys):
 
     config = _mos_grid(tmp_path)
     cells = expand_cells(config)
-    assert [cell.folder for cell in cells] == ["lora_r8_sd1", "mos_r8_lr0.01_sd1", "mos_r8_lr0.02_sd1"]
+    assert [cell.folder for cell in cells] == ["lora_r8_sd1", "mos_r8_R8p0l1_lr0.01_sd1", "mos_r8_R8p0l1_lr0.02_sd1"]
     assert {cell.label for cell in cells if cell.method == "mos"} == {"MoS"}
     run_grid(config, dry_run=True)  # every command line through its module's parser, flag checks and geometry
     printed = capsys.readouterr().out
@@ -142,6 +142,30 @@ def test_a_mos_grid_row_expands_and_passes_the_dry_run(tmp_path, capsys):
     args = parse_args(stages["finetune"][3:])
     assert (args.peft_method, args.lora_rank, args.learning_rate, args.seed) == ("mos", 8, 1e-2, 1)
     assert isinstance(build_peft_config(args), __import__("prolora").MosConfig)
+
+
+def test_a_grid_row_sets_the_mos_settings_by_the_papers_letters(tmp_path):
+    """R, p, l (lists expand like r) and the switches become --mos_* flags and part of the folder; they are refused
+    on rows of other methods and checked for range."""
+    from open_instruct.paper.grid import GridConfigError, cell_stages, expand_cells
+
+    config = {"_source": "grid.yaml", "seeds": [1], "model": "m", "train": {"train_file": "t.jsonl"}, "methods": [
+        {"name": "mos", "method": "mos", "r": 8, "R": [2, 4], "p": 1, "l": 4},
+        {"name": "mos_nosel", "method": "mos", "r": 8, "R": 2, "subset_selection": False}]}
+    cells = expand_cells(config)
+    assert [c.folder for c in cells] == ["mos_r8_R2p1l4_sd1", "mos_r8_R4p1l4_sd1", "mos_nosel_r8_R2p0l1_sd1"]
+    flags = {c.folder: parse_args(cell_stages(config, c, tmp_path / c.folder, "m")[0].command[3:]) for c in cells}
+    first = flags["mos_r8_R2p1l4_sd1"]
+    assert (first.mos_r, first.mos_private_r, first.mos_shards_per_vector, first.no_mos_subset_selection) == \
+        (2, 1, 4, False)
+    assert flags["mos_nosel_r8_R2p0l1_sd1"].no_mos_subset_selection
+    config_built = build_peft_config(first)
+    assert (config_built.mos_r, config_built.private_r, config_built.shards_per_vector) == (2, 1, 4)
+    for row, message in [({"name": "x", "method": "lora", "r": 8, "R": 2}, "only apply to method mos"),
+                         ({"name": "x", "method": "mos", "r": 8, "p": -1}, "p must be an integer >= 0"),
+                         ({"name": "x", "method": "mos", "r": 8, "l": 0}, "l must be an integer >= 1")]:
+        with pytest.raises(GridConfigError, match=message):
+            expand_cells({**config, "methods": [row]})
 
 
 @pytest.mark.slow
@@ -160,8 +184,9 @@ def test_a_mos_grid_runs_merges_and_is_summarized_with_its_trainable_params(tmp_
     # merge_lora's merged MoS model is what the evals make of base + adapter folder (their own loading and merge).
     from eval.backends import load_model_and_tokenizer
 
-    merged = AutoModelForCausalLM.from_pretrained(out / "mos_r8_sd1" / "merged")
-    loaded, _ = load_model_and_tokenizer(config["model"], adapter_name_or_path=str(out / "mos_r8_sd1"), device="cpu")
+    merged = AutoModelForCausalLM.from_pretrained(out / "mos_r8_R8p0l1_sd1" / "merged")
+    loaded, _ = load_model_and_tokenizer(config["model"], adapter_name_or_path=str(out / "mos_r8_R8p0l1_sd1"),
+                                         device="cpu")
     base = AutoModelForCausalLM.from_pretrained(config["model"])
     ids = torch.randint(0, VOCAB_SIZE, (2, 9))
     with torch.no_grad():  # the pad row finetune added is drawn afresh by each resize: compare the original vocab

@@ -19,6 +19,9 @@ YAML layout (see ``configs/experiments/*.yaml``)::
       - {name: clora, method: prolora, r: 8, u: 1, m: 2, n: 2, rotation: false, label: "CLoRA (no rotation)"}
     # PRoLoRA keys: u, m, n, rotation, rectified_init -- or ProLoraConfig's names for them (unshared_r,
     # reduce_lora_A_x, reduce_lora_B_x, enable_lora_rotation), see open_instruct.peft_methods.PROLORA_SETTINGS
+    # MoS keys: R (pool rank; default r), p (private ranks), l (shards per vector), and the switches
+    # subset_selection, pair_dissociation, global_pool (default true) -- e.g. {name: mos, method: mos, r: 8, R: 2,
+    # p: 1, l: 4}; see open_instruct.peft_methods.MOS_SETTINGS
     summary: {task: mini, plot_columns: [ASDiv EM]}
     extends: common/base.yaml         # optional: a file (relative to this one) that this one is merged over
                                       # (an eval given another module there starts afresh: no inherited args)
@@ -66,16 +69,19 @@ from tqdm import tqdm
 from open_instruct.cli import UsageError, check_model_source, looks_local
 from open_instruct.io_utils import write_json
 from open_instruct.peft_methods import METHODS as REGISTRY
-from open_instruct.peft_methods import PROLORA_SETTINGS
+from open_instruct.peft_methods import MOS_SETTINGS, PROLORA_SETTINGS
 
 logger = logging.getLogger(__name__)
 
 METHODS = ("base", *REGISTRY)
 LABELS = {"base": "base model", **{name: method.label for name, method in REGISTRY.items()}}
-# a PRoLoRA setting's config-field name -> the Cell field that holds it (u, m, n, rotation, rectified_init)
-SETTING_KEYS = {s.field: s.aliases[0] if s.aliases else s.field for s in PROLORA_SETTINGS}
-EXPANDABLE = ("r", "u", "m", "n", "lr", "alpha")
-CELL_KEYS = {"name", "method", "label", "rotation", "rectified_init", *EXPANDABLE}
+# a PRoLoRA or MoS setting's config-field name -> the Cell field that holds it (u, m, n, R, p, l, the switches)
+SETTING_KEYS = {s.field: s.aliases[0] if s.aliases else s.field for s in (*PROLORA_SETTINGS, *MOS_SETTINGS)}
+PROLORA_KEYS = ("u", "m", "n", "rotation", "rectified_init")
+MOS_KEYS = ("R", "p", "l", "subset_selection", "pair_dissociation", "global_pool")  # MOS_SETTINGS' grid names
+EXPANDABLE = ("r", "u", "m", "n", "R", "p", "l", "lr", "alpha")
+SWITCHES = ("rotation", "rectified_init", "subset_selection", "pair_dissociation", "global_pool")  # default: on
+CELL_KEYS = {"name", "method", "label", *SWITCHES, *EXPANDABLE}
 TOP_KEYS = {"name", "model", "output_dir", "seeds", "prepare", "train", "merge", "eval_args", "evals", "methods",
             "summary", "smoke", "modules", "extends"}
 DEFAULT_MODULES = {"finetune": "open_instruct.finetune", "merge": "open_instruct.merge_lora"}
@@ -101,10 +107,16 @@ class Cell:
     u: Optional[int] = None
     m: Optional[int] = None
     n: Optional[int] = None
+    R: Optional[int] = None  # MoS: the pools' equivalent LoRA rank (None: r), private ranks, shards per vector
+    p: Optional[int] = None
+    l: Optional[int] = None  # noqa: E741 - the MoS paper's letter
     lr: Optional[float] = None
     alpha: Optional[float] = None
     rotation: bool = True
     rectified_init: bool = True
+    subset_selection: bool = True
+    pair_dissociation: bool = True
+    global_pool: bool = True
     seed: Optional[int] = None
 
     @property
@@ -114,6 +126,8 @@ class Cell:
             parts.append(f"r{self.r}")
         if self.method == "prolora":
             parts += [f"u{self.u}", f"m{self.m}n{self.n}"]
+        if self.method == "mos":
+            parts.append(f"R{self.R if self.R is not None else self.r}p{self.p}l{self.l}")
         if self.alpha is not None:
             parts.append(f"a{self.alpha:g}")
         if self.lr is not None:
@@ -240,8 +254,10 @@ def expand_cells(config: dict) -> list[Cell]:
             raise GridConfigError(f"{where}: method {method!r} is not one of {METHODS}")
         if method == "base" and any(k in entry for k in EXPANDABLE):
             raise GridConfigError(f"{where}: a base-model cell takes no hyper-parameters")
-        if method != "prolora" and any(k in entry for k in ("u", "m", "n", "rotation", "rectified_init")):
-            raise GridConfigError(f"{where}: u/m/n/rotation/rectified_init only apply to method prolora")
+        if method != "prolora" and any(k in entry for k in PROLORA_KEYS):
+            raise GridConfigError(f"{where}: {'/'.join(PROLORA_KEYS)} only apply to method prolora")
+        if method != "mos" and any(k in entry for k in MOS_KEYS):
+            raise GridConfigError(f"{where}: {'/'.join(MOS_KEYS)} only apply to method mos")
         if method != "base" and "r" not in entry:
             raise GridConfigError(f"{where}: method {method} needs a rank 'r'")
         axes = {k: entry[k] if isinstance(entry[k], list) else [entry[k]] for k in EXPANDABLE if k in entry}
@@ -249,13 +265,16 @@ def expand_cells(config: dict) -> list[Cell]:
             axes.setdefault("u", [0])
             axes.setdefault("m", [1])
             axes.setdefault("n", [1])
+        if method == "mos":
+            axes.setdefault("p", [0])
+            axes.setdefault("l", [1])
         for values in itertools.product(*axes.values()):
             point = dict(zip(axes, values))
             check_point(point, where)
             for cell_seed in ([None] if method == "base" else seeds):
                 cells.append(Cell(name=entry["name"], method=method, label=entry.get("label", LABELS[method]),
-                                  rotation=entry.get("rotation", True),
-                                  rectified_init=entry.get("rectified_init", True), seed=cell_seed, **point))
+                                  **{switch: entry.get(switch, True) for switch in SWITCHES}, seed=cell_seed,
+                                  **point))
     cells.sort(key=lambda cell: -1 if cell.seed is None else seeds.index(cell.seed))  # stable: rows keep order
     folders = [cell.folder for cell in cells]
     duplicates = sorted({f for f in folders if folders.count(f) > 1})
@@ -267,9 +286,10 @@ def expand_cells(config: dict) -> list[Cell]:
 def check_point(point: dict, where: str) -> None:
     """Types and ranges of one cell's hyper-parameters (r, m, n >= 1; 0 <= u <= r; lr, alpha > 0)."""
     for key, value in point.items():
-        if key in ("r", "u", "m", "n"):
-            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "u" else 1):
-                raise GridConfigError(f"{where}: {key} must be an integer >= {0 if key == 'u' else 1}, got {value!r}")
+        if key in ("r", "u", "m", "n", "R", "p", "l"):
+            low = 0 if key in ("u", "p") else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise GridConfigError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
         elif not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
             raise GridConfigError(f"{where}: {key} must be a number > 0, got {value!r}")
     if point.get("u", 0) > point.get("r", point.get("u", 0)):
@@ -380,6 +400,9 @@ def cell_stages(config: dict, cell: Cell, cell_dir: Path, model: str) -> list[St
         method_flags = {"use_lora": True, "peft_method": cell.method, "lora_rank": cell.r, "seed": cell.seed}
         if cell.method == "prolora":
             method_flags.update({s.flag: s.flag_value(getattr(cell, SETTING_KEYS[s.field])) for s in PROLORA_SETTINGS})
+        if cell.method == "mos":
+            method_flags.update({s.flag: s.flag_value(getattr(cell, SETTING_KEYS[s.field])) for s in MOS_SETTINGS
+                                 if getattr(cell, SETTING_KEYS[s.field]) is not None})  # R=None: the rank r
         command = [*python, modules["finetune"], "--model_name_or_path", model, "--output_dir", str(cell_dir),
                    "--resume_from_checkpoint", "auto", *cli_flags({**train, **method_flags})]
         stages.append(Stage("finetune", command, cell_dir / "completed"))
