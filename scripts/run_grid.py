@@ -4,6 +4,7 @@
     python scripts/run_grid.py configs/experiments/mini_smollm2.yaml --smoke     # minutes on 2 CPU cores
     python scripts/run_grid.py configs/experiments/paper_llama2_7b_superni_mmlu.yaml --dry_run
     python scripts/run_grid.py GRID.yaml --devices 0,1,2,3          # four cells at a time, one GPU each
+    python scripts/run_grid.py GRID.yaml --cpu_workers 2            # no GPU: two cells at a time, cores split
     python scripts/run_grid.py GRID.yaml --emit_slurm slurm/        # Slurm jobs to submit (docs/scale_out.md)
 
 Re-running the same command resumes: finished stages (marker + output present) are skipped. The YAML format
@@ -43,6 +44,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--devices", type=device_list, metavar="ID,ID,...",
                         help="run cells in parallel, one per device at a time, each cell's stages seeing only its "
                              "device (CUDA_VISIBLE_DEVICES); default: one cell after another, all devices visible")
+    parser.add_argument("--cpu_workers", type=positive, metavar="K",
+                        help="without GPUs: run K cells side by side, each with cores // K threads "
+                             "(OMP_NUM_THREADS), which trains small models faster than one cell on all cores")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--dry_run", action="store_true", help="print every stage's command and exit")
     mode.add_argument("--summary_only", action="store_true", help="only rebuild the tables and plots")
@@ -64,15 +68,19 @@ def build_parser() -> ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.devices and (args.cell or args.emit_slurm or args.summary_only or args.prepare_only):
-        parser.error("--devices runs the whole grid; it does not combine with --cell, --emit_slurm, --summary_only "
-                     "or --prepare_only")
+    if args.devices and args.cpu_workers:
+        parser.error("--devices (GPUs) and --cpu_workers (CPU shares) are two ways to run cells in parallel; give one")
+    parallel = "--devices" if args.devices else "--cpu_workers" if args.cpu_workers else None
+    if parallel and (args.cell or args.emit_slurm or args.summary_only or args.prepare_only or args.dry_run):
+        parser.error(f"{parallel} runs the whole grid; it does not combine with --cell, --emit_slurm, "
+                     "--summary_only, --prepare_only or --dry_run")
     if (args.gpus_per_cell or args.max_running) and not args.emit_slurm:
         parser.error("--gpus_per_cell and --max_running shape the jobs of --emit_slurm; give --emit_slurm DIR")
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
     from open_instruct.paper.grid import (
         GridResult,
+        cpu_shares,
         load_config,
         run_grid,
         run_prepare,
@@ -97,7 +105,8 @@ def main(argv=None) -> int:
         print(f"wrote {', '.join(p.name for p in paths)} to {args.emit_slurm}; submit with: "
               f"bash {args.emit_slurm / 'submit.sh'}")
         return 0
-    result = run_grid(config, summarize=not args.no_summary, dry_run=args.dry_run, devices=args.devices,
+    result = run_grid(config, summarize=not args.no_summary, dry_run=args.dry_run,
+                      devices=args.devices or (cpu_shares(args.cpu_workers) if args.cpu_workers else None),
                       only=args.cell)
     if not args.dry_run:
         print(f"{result.cells} cells: {result.stages_run} stage(s) run, {result.stages_skipped} already done, "

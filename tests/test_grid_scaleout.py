@@ -339,3 +339,42 @@ def test_real_slurm_runs_the_emitted_jobs(tmp_path):
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "slurm_check: OK" in proc.stdout
+
+
+def test_cpu_shares_split_the_cores_and_run_without_gpus():
+    """--cpu_workers K: K CPU "devices", each a command with no visible GPU and cores // K threads."""
+    from open_instruct.paper.grid import cpu_shares, on_device
+
+    assert cpu_shares(2, cores=2) == ["cpu0:1", "cpu1:1"]
+    assert cpu_shares(3, cores=8) == ["cpu0:2", "cpu1:2", "cpu2:2"]
+    assert cpu_shares(4, cores=2) == ["cpu0:1", "cpu1:1", "cpu2:1", "cpu3:1"]  # never zero threads
+    assert on_device(["python", "x.py"], "cpu1:3") == ["env", "CUDA_VISIBLE_DEVICES=", "OMP_NUM_THREADS=3",
+                                                        "MKL_NUM_THREADS=3", "python", "x.py"]
+    assert on_device(["python"], "1") == ["env", "CUDA_VISIBLE_DEVICES=1", "python"]
+    assert on_device(["python"], None) == ["python"]
+
+
+def test_cpu_workers_run_the_grid_two_cells_at_a_time(standin_grid, tmp_path):
+    """A real run_grid.py --cpu_workers 2 on the stand-in grid: every cell stage sees no GPU, each runs once, and
+    two cells overlap in time."""
+    log = tmp_path / "events.jsonl"
+    proc = run_script(str(standin_grid), "--cpu_workers", "2", "--no_summary", cwd=tmp_path, events_file=log,
+                      seconds=0.3)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    cell_events = [e for e in events(log) if e[2] != "prepare"]
+    assert cell_events and all(e[3] == "" for e in cell_events), cell_events  # CUDA_VISIBLE_DEVICES emptied
+    ends = [(e[1], e[2]) for e in cell_events if e[0] == "end"]
+    assert len(ends) == len(set(ends)) == sum(1 if c.method == "base" else 3
+                                              for c in expand_cells(load_config(standin_grid)))
+    running, most = 0, 0
+    for kind, *_ in cell_events:  # the events file is appended in time order
+        running += 1 if kind == "start" else -1
+        most = max(most, running)
+    assert most == 2
+
+
+@pytest.mark.parametrize("extra", [["--devices", "0"], ["--dry_run"]])
+def test_cpu_workers_refuse_other_parallel_modes(extra, tmp_path):
+    proc = subprocess.run([sys.executable, str(RUN_GRID), "no/such.yaml", "--cpu_workers", "2", *extra],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and "--cpu_workers" in proc.stderr, proc.stderr

@@ -487,9 +487,28 @@ def stage_done(stage: Stage, cell_dir: Path) -> bool:
     return (cell_dir / ".grid" / f"{stage.name}.done").is_file() and stage.output.exists()
 
 
+CPU_SHARE = "cpu"  # a device named ``cpu<i>:<threads>`` is a share of the CPU cores, not a GPU (`cpu_shares`)
+
+
+def cpu_shares(workers: int, cores: Optional[int] = None) -> list[str]:
+    """`workers` CPU "devices" for `run_grid`: ``cpu0:T``, ``cpu1:T``, ... with T = cores // workers (at least 1).
+
+    On a machine without GPUs, small models use two cores poorly from one process (a 135M model's matmuls are too
+    small to split well), so two cells side by side with one thread each train faster than one after another."""
+    cores = cores or os.cpu_count() or 1
+    threads = max(1, cores // workers)
+    return [f"{CPU_SHARE}{index}:{threads}" for index in range(workers)]
+
+
 def on_device(command: list[str], device: Optional[str]) -> list[str]:
-    """`command` run with only `device` visible (``env CUDA_VISIBLE_DEVICES=<device> ...``); unchanged for None."""
-    return command if device is None else ["env", f"CUDA_VISIBLE_DEVICES={device}", *command]
+    """`command` run on `device`: a GPU id -> only that GPU visible (``env CUDA_VISIBLE_DEVICES=<id> ...``); a CPU
+    share ``cpu<i>:<T>`` -> no GPU and T threads (OMP/MKL_NUM_THREADS); unchanged for None."""
+    if device is None:
+        return command
+    if device.startswith(CPU_SHARE):
+        threads = device.split(":", 1)[1]
+        return ["env", "CUDA_VISIBLE_DEVICES=", f"OMP_NUM_THREADS={threads}", f"MKL_NUM_THREADS={threads}", *command]
+    return ["env", f"CUDA_VISIBLE_DEVICES={device}", *command]
 
 
 def run_stage(stage: Stage, cell_dir: Path, runner: Runner, result: GridResult, device: Optional[str] = None) -> bool:
