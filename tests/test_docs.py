@@ -96,6 +96,19 @@ HOW = {
         "tests/test_paper_grid.py::test_real_subprocesses_with_stand_in_modules",
     "python scripts/run_grid.py configs/experiments/mini_smollm2.yaml":
         "tests/test_paper_grid.py::test_shipped_grids_load",
+    "python scripts/run_grid.py configs/experiments/paper_llama2_7b_superni_mmlu.yaml --devices":
+        "tests/test_grid_scaleout.py::test_killed_runner_resumes_without_redoing_finished_stages",
+    "python scripts/run_grid.py configs/experiments/paper_llama2_7b_superni_mmlu.yaml --cell":
+        "tests/test_grid_scaleout.py::test_one_cell_by_index_or_folder",
+    "python scripts/run_grid.py configs/experiments/paper_llama2_7b_superni_mmlu.yaml --emit_slurm":
+        "tests/test_grid_scaleout.py::test_emitted_slurm_files",
+    "python scripts/run_grid.py configs/experiments/pilot_smollm2_cpu.yaml":
+        "tests/test_grid_scaleout.py::test_cpu_workers_run_the_grid_two_cells_at_a_time",
+    "python scripts/run_grid.py configs/experiments/frontier_smollm2_cpu.yaml":
+        "tests/test_grid_scaleout.py::test_cpu_workers_run_the_grid_two_cells_at_a_time",
+    "bash scripts/slurm_check.sh": "tests/test_grid_scaleout.py::test_real_slurm_runs_the_emitted_jobs",
+    "python scripts/pilot_report.py": "tests/test_pilot_report.py::test_cli_writes_the_report",
+    "python scripts/report_results.py": "tests/test_paper_report.py::test_cli_frontier_switch",
     "python scripts/summarize_results.py": "tests/test_paper_summarize.py::test_cli_task_switch",
     "python scripts/plot_results.py": "tests/test_paper_plots.py::test_cli",
     # benchmarks
