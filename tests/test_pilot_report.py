@@ -207,3 +207,25 @@ def test_cli_writes_the_report(pilot, tmp_path):
     assert {"pilot.md", "pilot.csv", "pilot_steps.png", "runs"} <= {p.name for p in out.iterdir()}
     assert find(csv_rows(out / "pilot.csv"), kind="setting", column="held-out token acc", step=50,
                 name="LoRA r=8")["trials"] == str(TOKENS)
+
+
+def test_each_label_is_a_protocol_of_its_own(tmp_path):
+    """Two LoRA recipes (labels) in one pilot: pairs never mix them, and each (label, metric, step) is ranked as its
+    own protocol, so the winner names the recipe; here the second recipe's rank effect is four times larger."""
+    root = tmp_path / "grid"
+    for label, name, gain in (("LoRA", "lora", 0.01), ("LoRA α=2r", "lora2r", 0.04)):
+        for r in (1, 8):
+            for seed in SEEDS:
+                value = 1.0 - gain * math.log2(r) + 0.05 * seed + 0.004 * noise(label, r, seed)
+                run = make_run(root, f"{name}_r{r}_sd{seed}",
+                               {"method": "lora", "label": label, "r": r, "lr": 1e-3, "seed": seed},
+                               {"trainable_params": 1000 * r, "eval_loss": value, "global_step": 50}, {})
+                write_events(run / "finetune", {"eval_loss": {50: value}})
+    write_pilot_report([root], tmp_path / "out")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "pilot.csv").read_text())))
+    pairs = [row["name"] for row in rows if row["kind"] == "pair"]
+    assert len(pairs) == 2 and all(("α=2r" in p.split(" − ")[0]) == ("α=2r" in p.split(" − ")[1]) for p in pairs)
+    protocols = {row["name"]: float(row["effect / paired std"]) for row in rows if row["kind"] == "protocol"}
+    assert set(protocols) == {"LoRA: held-out loss at step 50", "LoRA α=2r: held-out loss at step 50"}
+    assert protocols["LoRA α=2r: held-out loss at step 50"] > protocols["LoRA: held-out loss at step 50"]
+    assert "**LoRA α=2r: held-out loss at step 50**" in (tmp_path / "out" / "pilot.md").read_text()

@@ -28,7 +28,8 @@ and writes into ``--output_dir``:
   so this is a lower bound) beside the seed std. All runs share one held-out set, so this error is not part of
   the seed spread: it is how far the number could move on another draw of held-out problems (for ASDiv pairs also
   the paired per-problem error from ``predictions.jsonl``, beside the seed error of the mean difference); and a
-  ranking of the (metric, step) protocols by the median ``Δ/sd_paired`` over neighbouring pairs, whose winner is
+  ranking of the (method label, metric, step) protocols by the median ``Δ/sd_paired`` over neighbouring pairs
+  within one label (a label is one training recipe, e.g. one LoRA scaling rule), whose winner is
   named in one generated line;
 * ``pilot.csv``: every number of those tables (column ``kind``: ``setting``, ``pair`` or ``protocol``);
 * ``pilot_steps.png``: each metric against step, one line per setting with a ± one seed std band;
@@ -233,7 +234,7 @@ def records(settings: list[Setting]) -> list[dict]:
                     se = 100 * binomial_se(min(max(interval.mean / 100, 0.0), 1.0), trials)
                     rec.update({"trials": trials, "binomial se": se, "se / seed std": _ratio(se, interval.std)})
                 out.append(rec)
-            effects = []
+            effects: dict[str, list[dict]] = {}  # per method label: each label is a protocol of its own
             for small, large, adjacent in pairs(settings):
                 stats = pair_stats(small, large, column, step)
                 if stats is None:
@@ -248,16 +249,20 @@ def records(settings: list[Setting]) -> list[dict]:
                     seed_se = stats.interval.std / math.sqrt(stats.interval.n) if stats.interval.std else None
                     out[-1].update({"item se": se, "seed se": seed_se, "item se / seed se": _ratio(se, seed_se)})
                 if adjacent:
-                    effects.append(out[-1])
-            effects = [e for e in effects if e["effect / paired std"] is not None]  # a std to divide by
-            if effects:
-                scored = [e["effect / paired std"] for e in effects]
-                seed_scored = [e["effect / seed std"] for e in effects if e["effect / seed std"] is not None]
-                out.append({"kind": "protocol", "column": column, "step": step, "name": f"{column} at step {step}",
-                            "n": len(effects), "effect / paired std": statistics.median(scored),
+                    effects.setdefault(small.row.label, []).append(out[-1])
+            several = len({s.row.label for s in settings}) > 1
+            for label, members in effects.items():
+                members = [e for e in members if e["effect / paired std"] is not None]  # a std to divide by
+                if not members:
+                    continue
+                scored = [e["effect / paired std"] for e in members]
+                seed_scored = [e["effect / seed std"] for e in members if e["effect / seed std"] is not None]
+                name = f"{label}: {column} at step {step}" if several else f"{column} at step {step}"
+                out.append({"kind": "protocol", "column": column, "step": step, "name": name,
+                            "n": len(members), "effect / paired std": statistics.median(scored),
                             "min effect / paired std": min(scored),
                             "effect / seed std": statistics.median(seed_scored) if seed_scored else None,
-                            "excludes 0": sum(bool(e["excludes 0"]) for e in effects)})
+                            "excludes 0": sum(bool(e["excludes 0"]) for e in members)})
     return out
 
 
