@@ -18,7 +18,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv-prolora-check"
 PYTHON = VENV / "bin" / "python"
-REQUIREMENTS = ["torch==2.13.0", "peft", "safetensors"]  # what a user of the library installs besides it
+
+
+def _declared() -> list[str]:
+    """prolora's own dependency specs (prolora/pyproject.toml), torch pinned to the wheel this project tests with:
+    what `pip install prolora` resolves for a user. Unpinned names would let a new release that prolora does not
+    declare support for (peft 0.22 against "peft>=0.21,<0.22") into the venv, and `pip check` would rightly fail."""
+    import tomllib
+
+    specs = tomllib.loads((REPO / "prolora" / "pyproject.toml").read_text())["project"]["dependencies"]
+    return ["torch==2.13.0" if spec.replace(" ", "").startswith("torch") else spec for spec in specs]
+
+
+REQUIREMENTS = _declared()  # what a user of the library installs besides it
 MARKER = VENV / "requirements.done"
 
 
