@@ -21,9 +21,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `eval` is not installed: import it from the checkout
 
-import torch  # noqa: E402
-
-from eval.backends import HFBackend, VLLMBackend, load_model_and_tokenizer  # noqa: E402
 from eval.gsm.run_eval import EXEMPLARS, prompt_prefix  # noqa: E402
 from eval.gsm.run_eval import build_prompt as gsm_prompt
 from eval.mmlu.run_eval import CHOICES  # noqa: E402
@@ -65,6 +62,11 @@ def main() -> None:
     parser.add_argument("--max_new_tokens", type=int, default=16, help="GSM generation length per prompt")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
+    # torch and transformers (~10 s) only once the command line is accepted: a mistyped flag fails at once
+    import torch
+
+    from eval.backends import HFBackend, VLLMBackend, load_model_and_tokenizer
+
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -52,21 +52,32 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-from peft import LoraConfig, get_peft_model  # noqa: E402
-from transformers import AutoConfig, AutoModelForCausalLM  # noqa: E402
-
 from open_instruct.offline_assets import smollm2_path  # noqa: E402
 from open_instruct.paper.params import ModelDims  # noqa: E402
 from open_instruct.peft_methods import LLAMA_PROJECTIONS  # noqa: E402
-from prolora import ProLoraConfig  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 METHODS = ("lora", "prolora")
 RANK = 8
+
+
+def import_heavy() -> None:
+    """Import torch, PEFT, transformers and prolora (~10 s) into this module's namespace. `main` calls it only after
+    argparse has accepted the command line, so a mistyped flag fails at once; code that loads this file for its
+    functions (tests/test_bench_flops.py) calls it first. `training_step_flops` alone needs none of them."""
+    global torch, LoraConfig, get_peft_model, AutoConfig, AutoModelForCausalLM, ProLoraConfig
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from prolora import ProLoraConfig
 
 
 # ------------------------------------------------------------------- model FLOPs and the matmul ceiling
@@ -394,7 +405,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=3, help="training steps per timed repeat")
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--seq_len", type=int, default=256)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", help="default: cuda if available, else cpu")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--memory_only", choices=METHODS, help=argparse.SUPPRESS)  # the CPU memory subprocess
     loop = p.add_argument_group("--against trainer: finetune's loop vs HF Trainer + PEFT LoRA on real data")
@@ -407,6 +418,9 @@ def main(argv=None) -> dict:
     loop.add_argument("--seed", type=int, default=1)
     loop.add_argument("--loop_repeats", type=int, default=2, help="epochs timed per run kind (median is used)")
     args = p.parse_args(argv)
+    import_heavy()
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(args.threads)
     if args.against == "trainer":
         return compare_with_trainer(args)

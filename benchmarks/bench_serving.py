@@ -17,6 +17,9 @@ as one PEFT mixed-adapter batch (``generate(..., adapter_names=...)``, row i use
 
 Targets: HF PRoLoRA / MoS tokens/s >= 0.95x LoRA's; resident bytes per adapter = its compact parameter bytes
 (PRoLoRA: 0.56x LoRA's at r=8, u=1, m=n=2; MoS: the pools, R/r of LoRA's, plus 2*r*l int64 indices per layer).
+
+The functions import torch, PEFT and transformers themselves, not the module: a mistyped flag fails at once instead
+of after their ~10 s import.
 """
 
 from __future__ import annotations
@@ -27,8 +30,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-
-import torch
 
 PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -58,6 +59,7 @@ def adapter_config(method: str, args):
 
 def save_adapters(method: str, base_path: str, n: int, root: Path, args) -> list[Path]:
     """``n`` adapters with random non-zero weights (B included, so every adapter changes the output)."""
+    import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -77,6 +79,7 @@ def save_adapters(method: str, base_path: str, n: int, root: Path, args) -> list
 
 def load(base_path: str, paths: list[Path]):
     """One model holding every adapter; returns (model, seconds spent loading the adapters)."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -100,6 +103,8 @@ def model_bytes(model) -> int:
 
 
 def generate_seconds(model, batch, names, new_tokens: int) -> float:
+    import torch
+
     start = time.perf_counter()
     with torch.no_grad():
         model.generate(**batch, adapter_names=names, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -108,6 +113,8 @@ def generate_seconds(model, batch, names, new_tokens: int) -> float:
 
 
 def prompts(tokenizer, batch: int, length: int):
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(100, tokenizer.vocab_size - 100, (batch, length), generator=generator)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
@@ -120,6 +127,7 @@ def bench_vllm(base_path: str, exported: list[Path], counts: list[int], batch: i
     import os
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    import torch
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
@@ -165,6 +173,8 @@ def main() -> None:
     parser.add_argument("--skip_hf", action="store_true",
                         help="only the disk sizes and vLLM (e.g. a second run in .venv-vllm after the HF one)")
     args = parser.parse_args()
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("bench_finetune", REPO / "benchmarks" / "bench_finetune.py")
 bench = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench)
+bench.import_heavy()  # the script imports torch & co. only once its command line parsed
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -88,6 +88,19 @@ def test_a_bad_flag_is_reported_before_heavy_imports(argv, fragment):
     assert len(errors) == 1 and fragment in errors[0], proc.stderr
 
 
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "benchmarks").glob("bench_*.py")))
+def test_a_benchmark_reports_a_bad_flag_before_heavy_imports(script):
+    """The benchmarks parse their flags before importing torch & co. They use plain argparse, so stderr is its usage
+    text and then one ``<script>: error: ...`` line."""
+    proc = subprocess.run([sys.executable, "-c", PROBE, f"benchmarks/{script}", "--bogus"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stderr
+    assert lines[-1] == "exit=2 heavy=-", proc.stderr  # nothing heavy was imported
+    errors = [line for line in lines[:-1] if "error:" in line]
+    assert errors == [f"{script}: error: unrecognized arguments: --bogus"], proc.stderr
+
+
 def test_prolora_export_reports_a_bad_flag_before_torch_loads():
     """`python -m prolora.export` imports the `prolora` package first; run for real (not through runpy, which
     `PROBE` uses), its bad-flag error still comes before torch, transformers or peft are imported."""
