@@ -282,7 +282,7 @@ def run_trainer(data_file: Path, max_seq_length: int, grouped: bool, args, out: 
     """Seconds of `Trainer.train()` for one epoch of PEFT LoRA on `data_file` (same encoding as finetune)."""
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from open_instruct.encoding import IGNORE_INDEX
+    from open_instruct.data.encoding import IGNORE_INDEX
 
     tokenizer, dataset = encode(data_file, max_seq_length)
     torch.manual_seed(args.seed)

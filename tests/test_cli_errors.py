@@ -130,9 +130,9 @@ def export_main(argv):
 
 
 def validate_main(argv):
-    from open_instruct import validate_data
+    from open_instruct.data import validate
 
-    return run_cli(validate_data.main, argv)
+    return run_cli(validate.main, argv)
 
 
 def grid_main(argv):
@@ -409,7 +409,7 @@ def test_table_is_big_enough():
 
 
 def test_validate_data_keeps_checking_after_a_bad_file(world, tmp_path, capsys):
-    from open_instruct.validate_data import main
+    from open_instruct.data.validate import main
 
     bad = tmp_path / "bad.jsonl"
     bad.write_bytes(b'{"prompt": "\xff"}\n')

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from finetune_helpers import byte_tokenizer
 
-from open_instruct.encoding import (
+from open_instruct.data.encoding import (
     IGNORE_INDEX,
     encode_messages,
     encode_prompt_completion,

@@ -13,7 +13,7 @@ from finetune_helpers import byte_tokenizer, load_adapter_tensors, make_tiny_che
 from helpers.models import make_tiny_llama
 from peft import LoraConfig, get_peft_model
 
-from open_instruct.encoding import IGNORE_INDEX
+from open_instruct.data.encoding import IGNORE_INDEX
 from open_instruct.training import data as training_data
 from open_instruct.training.label_loss import CausalLMLoss
 from open_instruct.training.length_sampler import LengthGroupedSampler, length_grouped_order

@@ -36,6 +36,17 @@ def test_evals_never_import_the_training_tools():
         assert not bad, f"{path.relative_to(REPO)} imports {bad}"
 
 
+def test_the_data_package_never_imports_the_method_or_training():
+    """Converters, validation and encoding are plain data code: no PEFT method, no training, no PEFT or torch."""
+    files = sorted((REPO / "open_instruct" / "data").rglob("*.py"))
+    assert REPO / "open_instruct" / "data" / "convert.py" in files
+    forbidden = (*TRAINING_MODULES, "prolora", "peft", "torch", "open_instruct.peft_methods", "open_instruct.tied_lora")
+    for path in files:
+        bad = sorted(name for name in imported_modules(path)
+                     if any(name == m or name.startswith(m + ".") for m in forbidden))
+        assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
 def test_the_dequantisation_recipe_lives_beside_the_quantisation_record():
     from open_instruct import base_quantization, merge_lora
 
@@ -72,6 +83,8 @@ FINETUNE = ["open_instruct.finetune", "--model_name_or_path", "m", "--train_file
     (FINETUNE + ["--peft_method", "dora"], "argument --peft_method: invalid choice: 'dora'"),
     (FINETUNE + ["--checkpointing_steps", "often"], "--checkpointing_steps must be a positive integer"),
     (["open_instruct.merge_lora", "--lora_model_name_or_path", "a", "--bogus"], "unrecognized arguments: --bogus"),
+    (["open_instruct.reformat_datasets", "--bogus"], "unrecognized arguments: --bogus"),
+    (["open_instruct.mix_jsonl", "a.jsonl", "--output", "o.jsonl", "--bogus"], "unrecognized arguments: --bogus"),
     (["scripts/run_grid.py", "no/such/grid.yaml", "--no_such_flag"], "unrecognized arguments: --no_such_flag"),
     (["scripts/run_grid.py", "no/such/grid.yaml"], "no/such/grid.yaml does not exist"),
     (["scripts/calculate_params.py", "--methods", "lora", "prolor"], "unknown method 'prolor'"),

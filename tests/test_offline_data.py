@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from open_instruct import offline_assets
-from open_instruct import offline_data as od
-from open_instruct.validate_data import iter_validated_jsonl
+from open_instruct.data import offline as od
+from open_instruct.data.validate import iter_validated_jsonl
 
 # --- parsing rules -------------------------------------------------------------------------------------------
 

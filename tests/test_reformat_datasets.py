@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from open_instruct import reformat_datasets as rd
-from open_instruct.instruction_encode_templates import (
+from open_instruct.data import convert as rd
+from open_instruct.data.templates import (
     TEMPLATES_WITH_INPUT,
     TEMPLATES_WITHOUT_INPUT,
     encode_few_shot_example,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from reference_code import OPEN_INSTRUCT, load_module, requires_reference
 
-from open_instruct import reformat_datasets as rd
-from open_instruct.instruction_encode_templates import TEMPLATES_WITH_INPUT, TEMPLATES_WITHOUT_INPUT
+from open_instruct.data import convert as rd
+from open_instruct.data.templates import TEMPLATES_WITH_INPUT, TEMPLATES_WITHOUT_INPUT
 
 pytestmark = requires_reference
 RAW = Path(__file__).parent / "fixtures" / "raw_train"

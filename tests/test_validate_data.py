@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from open_instruct.validate_data import (
+from open_instruct.data.validate import (
     DataValidationError,
     file_stats,
     find_errors,

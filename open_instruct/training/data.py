@@ -1,7 +1,7 @@
 """finetune's data: records -> tokenised, label-masked datasets (through the token cache) -> batches.
 
 Records are open-instruct's ``messages`` jsonl (or ``prompt``/``completion``), read and validated once per process
-(`open_instruct.training.inputs`), encoded by `open_instruct.encoding` with `datasets.map` and kept on disk by
+(`open_instruct.training.inputs`), encoded by `open_instruct.data.encoding` with `datasets.map` and kept on disk by
 `open_instruct.training.token_cache`, keyed by the file, the tokenizer and ``--max_seq_length``.
 """
 
@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorForSeq2Seq
 
 from open_instruct.cli import UsageError
-from open_instruct.encoding import IGNORE_INDEX, encode_record, has_trainable_tokens
+from open_instruct.data.encoding import IGNORE_INDEX, encode_record, has_trainable_tokens
 from open_instruct.training import token_cache
 from open_instruct.training.args import EVAL_SPLIT_SEED
 from open_instruct.training.inputs import read_and_validate_records
@@ -24,7 +24,7 @@ logger = get_logger(__name__)
 
 
 def hub_records(name: str, config_name: str | None) -> list[dict]:
-    from open_instruct.validate_data import validate_record
+    from open_instruct.data.validate import validate_record
 
     rows = datasets.load_dataset(name, config_name, split="train")
     records = []

@@ -23,7 +23,7 @@ from open_instruct.training.checkpoints import (
 
 @functools.lru_cache(maxsize=4)
 def _read_validated(path: str) -> tuple[dict, ...]:
-    from open_instruct.validate_data import iter_validated_jsonl
+    from open_instruct.data.validate import iter_validated_jsonl
 
     check_readable_file(path, "data file")
     records = tuple(iter_validated_jsonl(path))

@@ -20,7 +20,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from open_instruct.encoding import IGNORE_INDEX
+from open_instruct.data.encoding import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ An encoded file is stored with ``datasets.Dataset.save_to_disk`` under
 ``$PROLORA_CACHE/tokenized/<key>`` (default ``~/.cache/prolora/tokenized``), where the key hashes everything the
 encoding depends on: the bytes of the data file, the files of the tokenizer as it is used (saved to a temporary
 folder, so an added pad token counts), ``max_seq_length`` and `ENCODING_VERSION`. Change any of them and the key
-changes; bump `ENCODING_VERSION` whenever `open_instruct.encoding` or the dropping rule changes what comes out.
+changes; bump `ENCODING_VERSION` whenever `open_instruct.data.encoding` or the dropping rule changes what comes out.
 Entries are written under a temporary name and renamed when complete, so concurrent runs never read half a cache.
 """
 

@@ -7,7 +7,7 @@ one set for examples with an input and one for examples without.
 The strings and weights are open-instruct's (allenai/open-instruct at d61037f5, the PRoLoRA fork point), typo
 included ("Plase"), and the draw is one ``rng.choices(templates, weights=...)`` call per example as there. They are
 part of the training-data protocol: a different set, a different weight or a different number of draws would change
-which template every later example gets. ``tests/test_reformat_datasets.py`` checks them against upstream's module.
+which template every later example gets. ``tests/test_reformat_upstream.py`` checks them against upstream's module.
 
 Each template is ``(prompt_template, completion_template, weight)``; ``{instruction}``, ``{input}`` and ``{output}``
 are filled with the stripped fields.

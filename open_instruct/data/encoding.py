@@ -1,6 +1,6 @@
 """Turn one training record into `input_ids` / `labels` in the Tulu chat format used by open-instruct.
 
-Two record shapes are accepted (see `open_instruct.validate_data` for the checks):
+Two record shapes are accepted (see `open_instruct.data.validate` for the checks):
 
 * ``{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}`` — rendered as::
 
