@@ -282,3 +282,32 @@ def test_cpu_grid_heldout_evals_get_only_their_own_flags():
                 f"--{flag}" for flag in own[name]["args"]}
             assert inherited and not given & inherited, (name, given & inherited)
             assert {"--data_file", "--answer", "--use_chat_format"} <= given  # eval_args are still inherited
+
+
+def test_entry_schedule_and_seeds(tmp_path):
+    """An entry's `schedule` becomes its cells' --lr_scheduler_type (over train's) and part of the folder; its
+    `seeds` restrict it to some of the grid's seeds; bad values are one error naming the entry."""
+    from open_instruct.paper.grid import GridConfigError, cell_stages, expand_cells, run_config
+
+    config = {"name": "g", "model": "m", "output_dir": str(tmp_path), "seeds": [1, 2, 3],
+              "train": {"lr_scheduler_type": "constant"},
+              "methods": [{"name": "lora", "method": "lora", "r": 8},
+                          {"name": "lin", "method": "lora", "r": [1, 8], "schedule": "linear", "seeds": [1, 3],
+                           "label": "LoRA, linear decay"}]}
+    cells = expand_cells(config)
+    assert [c.folder for c in cells] == ["lora_r8_sd1", "lin_r1_linear_sd1", "lin_r8_linear_sd1", "lora_r8_sd2",
+                                         "lora_r8_sd3", "lin_r1_linear_sd3", "lin_r8_linear_sd3"]
+
+    def flag_of(cell):
+        command = cell_stages(config, cell, tmp_path / cell.folder, "m")[0].command
+        return command[command.index("--lr_scheduler_type") + 1]
+
+    assert flag_of(cells[0]) == "constant" and flag_of(cells[1]) == "linear"
+    assert run_config(config, cells[0])["schedule"] == "constant"
+    assert run_config(config, cells[1])["schedule"] == "linear"
+    bad = [({"schedule": "exponential"}, "schedule must be one of"), ({"seeds": [4]}, "seeds must be"),
+           ({"seeds": []}, "seeds must be"), ({"label": "LoRA"}, "different schedules")]
+    for override, message in bad:
+        entry = {**config["methods"][1], **override}
+        with pytest.raises(GridConfigError, match=message):
+            expand_cells({**config, "methods": [config["methods"][0], entry]})

@@ -229,3 +229,24 @@ def test_each_label_is_a_protocol_of_its_own(tmp_path):
     assert set(protocols) == {"LoRA: held-out loss at step 50", "LoRA α=2r: held-out loss at step 50"}
     assert protocols["LoRA α=2r: held-out loss at step 50"] > protocols["LoRA: held-out loss at step 50"]
     assert "**LoRA α=2r: held-out loss at step 50**" in (tmp_path / "out" / "pilot.md").read_text()
+
+
+def test_a_decaying_schedule_counts_at_its_final_step_only(tmp_path):
+    """A run that decays its learning rate logs mid-run values that are not finished shorter runs: only its last
+    step enters the report; a constant-rate run's every logged step does."""
+    root = tmp_path / "grid"
+    for name, label, schedule in (("lora", "LoRA", "constant"), ("lin", "LoRA, linear decay", "linear")):
+        for r in (1, 8):
+            for seed in SEEDS:
+                run = make_run(root, f"{name}_r{r}_sd{seed}",
+                               {"method": "lora", "label": label, "r": r, "lr": 1e-3, "seed": seed,
+                                "schedule": schedule},
+                               {"trainable_params": 1000 * r, "eval_loss": loss(r, seed, 50), "global_step": 50}, {})
+                write_events(run / "finetune", {"eval_loss": {s: loss(r, seed, s) for s in STEPS}})
+    write_pilot_report([root], tmp_path / "out")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "pilot.csv").read_text())))
+    steps = {}
+    for row in rows:
+        if row["kind"] == "setting":
+            steps.setdefault(row["name"].split(" r=")[0], set()).add(int(row["step"]))
+    assert steps == {"LoRA": set(STEPS), "LoRA, linear decay": {50}}

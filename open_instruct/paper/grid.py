@@ -17,6 +17,8 @@ YAML layout (see ``configs/experiments/*.yaml``)::
       - {name: base, method: base}
       - {name: lora, method: lora, r: [8, 16], lr: [1.0e-4, 2.0e-4]}
       - {name: clora, method: prolora, r: 8, u: 1, m: 2, n: 2, rotation: false, label: "CLoRA (no rotation)"}
+      - {name: lora_lin, method: lora, r: 8, schedule: linear, seeds: [1, 2]}
+    # schedule: the entry's lr_scheduler_type (over train's); seeds: the entry's own seeds (over the grid's)
     # PRoLoRA keys: u, m, n, rotation, rectified_init -- or ProLoraConfig's names for them (unshared_r,
     # reduce_lora_A_x, reduce_lora_B_x, enable_lora_rotation), see open_instruct.peft_methods.PROLORA_SETTINGS
     # MoS keys: R (pool rank; default r), p (private ranks), l (shards per vector), and the switches
@@ -70,6 +72,7 @@ from open_instruct.cli import UsageError, check_model_source, looks_local
 from open_instruct.io_utils import write_json
 from open_instruct.peft_methods import METHODS as REGISTRY
 from open_instruct.peft_methods import MOS_SETTINGS, PROLORA_SETTINGS
+from open_instruct.training.args import LR_SCHEDULERS
 
 logger = logging.getLogger(__name__)
 
@@ -79,9 +82,9 @@ LABELS = {"base": "base model", **{name: method.label for name, method in REGIST
 SETTING_KEYS = {s.field: s.aliases[0] if s.aliases else s.field for s in (*PROLORA_SETTINGS, *MOS_SETTINGS)}
 PROLORA_KEYS = ("u", "m", "n", "rotation", "rectified_init")
 MOS_KEYS = ("R", "p", "l", "subset_selection", "pair_dissociation", "global_pool")  # MOS_SETTINGS' grid names
-EXPANDABLE = ("r", "u", "m", "n", "R", "p", "l", "lr", "alpha")
+EXPANDABLE = ("r", "u", "m", "n", "R", "p", "l", "lr", "alpha", "schedule")
 SWITCHES = ("rotation", "rectified_init", "subset_selection", "pair_dissociation", "global_pool")  # default: on
-CELL_KEYS = {"name", "method", "label", *SWITCHES, *EXPANDABLE}
+CELL_KEYS = {"name", "method", "label", "seeds", *SWITCHES, *EXPANDABLE}
 TOP_KEYS = {"name", "model", "output_dir", "seeds", "prepare", "train", "merge", "eval_args", "evals", "methods",
             "summary", "smoke", "modules", "extends"}
 DEFAULT_MODULES = {"finetune": "open_instruct.finetune", "merge": "open_instruct.merge_lora"}
@@ -112,6 +115,7 @@ class Cell:
     l: Optional[int] = None  # noqa: E741 - the MoS paper's letter
     lr: Optional[float] = None
     alpha: Optional[float] = None
+    schedule: Optional[str] = None  # lr_scheduler_type; None: the train section's
     rotation: bool = True
     rectified_init: bool = True
     subset_selection: bool = True
@@ -132,6 +136,8 @@ class Cell:
             parts.append(f"a{self.alpha:g}")
         if self.lr is not None:
             parts.append(f"lr{self.lr:g}")
+        if self.schedule is not None:
+            parts.append(self.schedule)
         if self.seed is not None:
             parts.append(f"sd{self.seed}")
         return "_".join(parts)
@@ -260,6 +266,14 @@ def expand_cells(config: dict) -> list[Cell]:
             raise GridConfigError(f"{where}: {'/'.join(MOS_KEYS)} only apply to method mos")
         if method != "base" and "r" not in entry:
             raise GridConfigError(f"{where}: method {method} needs a rank 'r'")
+        entry_seeds = entry.get("seeds", seeds)
+        if method == "base" and "seeds" in entry:
+            raise GridConfigError(f"{where}: a base-model cell has no seed")
+        if (not isinstance(entry_seeds, list) or not entry_seeds
+                or any(not isinstance(x, int) or isinstance(x, bool) for x in entry_seeds)
+                or not set(entry_seeds) <= set(seeds)):
+            raise GridConfigError(f"{where}: seeds must be a non-empty list of the grid's seeds {seeds}, got "
+                                  f"{entry_seeds!r}")
         axes = {k: entry[k] if isinstance(entry[k], list) else [entry[k]] for k in EXPANDABLE if k in entry}
         if method == "prolora":
             axes.setdefault("u", [0])
@@ -271,10 +285,17 @@ def expand_cells(config: dict) -> list[Cell]:
         for values in itertools.product(*axes.values()):
             point = dict(zip(axes, values))
             check_point(point, where)
-            for cell_seed in ([None] if method == "base" else seeds):
+            for cell_seed in ([None] if method == "base" else entry_seeds):
                 cells.append(Cell(name=entry["name"], method=method, label=entry.get("label", LABELS[method]),
                                   **{switch: entry.get(switch, True) for switch in SWITCHES}, seed=cell_seed,
                                   **point))
+    schedules: dict[str, set] = {}
+    for cell in cells:
+        schedules.setdefault(cell.label, set()).add(cell.schedule)
+    mixed = sorted(label for label, found in schedules.items() if len(found) > 1)
+    if mixed:  # the tables group runs by label and hyper-parameters, and the schedule is not one of the columns
+        raise GridConfigError(f"{source}: label {mixed[0]!r} has cells with different schedules; give each "
+                              "schedule's entry its own label")
     cells.sort(key=lambda cell: -1 if cell.seed is None else seeds.index(cell.seed))  # stable: rows keep order
     folders = [cell.folder for cell in cells]
     duplicates = sorted({f for f in folders if folders.count(f) > 1})
@@ -286,7 +307,10 @@ def expand_cells(config: dict) -> list[Cell]:
 def check_point(point: dict, where: str) -> None:
     """Types and ranges of one cell's hyper-parameters (r, m, n >= 1; 0 <= u <= r; lr, alpha > 0)."""
     for key, value in point.items():
-        if key in ("r", "u", "m", "n", "R", "p", "l"):
+        if key == "schedule":
+            if value not in LR_SCHEDULERS:
+                raise GridConfigError(f"{where}: schedule must be one of {LR_SCHEDULERS}, got {value!r}")
+        elif key in ("r", "u", "m", "n", "R", "p", "l"):
             low = 0 if key in ("u", "p") else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise GridConfigError(f"{where}: {key} must be an integer >= {low}, got {value!r}")
@@ -395,6 +419,8 @@ def cell_stages(config: dict, cell: Cell, cell_dir: Path, model: str) -> list[St
             train["learning_rate"] = cell.lr
         if cell.alpha is not None:
             train["lora_alpha"] = cell.alpha
+        if cell.schedule is not None:
+            train["lr_scheduler_type"] = cell.schedule
         if not REGISTRY[cell.method].has_alpha:
             train.pop("lora_alpha", None)  # VeRA has no alpha
         method_flags = {"use_lora": True, "peft_method": cell.method, "lora_rank": cell.r, "seed": cell.seed}
@@ -663,6 +689,7 @@ def run_config(config: dict, cell: Cell) -> dict:
         record["lr"] = cell.lr if cell.lr is not None else train.get("learning_rate")
         if REGISTRY[cell.method].has_alpha:
             record["alpha"] = cell.alpha if cell.alpha is not None else train.get("lora_alpha")
+        record["schedule"] = cell.schedule or train.get("lr_scheduler_type", "linear")  # finetune's default
     return record
 
 

@@ -5,7 +5,9 @@ move the result by more than the seed-to-seed spread?
 
 The pilot grid (``configs/experiments/pilot_smollm2_cpu.yaml``) trains each (rank, seed) once at a constant
 learning rate and logs the held-out metrics every ``--eval_steps``, so the value at step N of a run is the
-result of an N-step run. From the run folders this module reads
+result of an N-step run. A run whose ``run_config.json`` records another schedule (e.g. ``linear`` decay) counts at
+its final step only: its earlier values are mid-decay, not finished shorter runs. From the run folders this module
+reads
 
 * per step, from the tensorboard events finetune writes: held-out loss (``eval_loss``) and held-out next-token
   accuracy (``eval_token_accuracy``, in percent);
@@ -102,6 +104,12 @@ def _final_step(run: Run, logged_steps: list[int]) -> Optional[int]:
     return step if isinstance(step, int) else max(logged_steps, default=None)
 
 
+def _schedule(run: Run) -> Optional[str]:
+    """The run's learning-rate schedule as the grid recorded it (None for folders written before it did)."""
+    config = run.path / "run_config.json"
+    return json.loads(config.read_text()).get("schedule") if config.is_file() else None
+
+
 def collect(runs: list[Run], heldout_tokens: Optional[int] = None) -> list[Setting]:
     """Group runs into settings (as the summary table does) and read every run's values; runs without a seed
     cannot be paired and are left out. Two runs of one setting with one seed: ValueError."""
@@ -115,13 +123,16 @@ def collect(runs: list[Run], heldout_tokens: Optional[int] = None) -> list[Setti
             if run.seed in seen:
                 raise ValueError(f"two runs of {setting.name} with seed {run.seed}: {seen[run.seed]}, {run.path}")
             seen[run.seed] = run.path
-            logged = []
-            for column in STEP_COLUMNS:
-                source = _source(column)
-                for step, value in plots.read_scalars(run.path, (source.keys[0],)):
-                    setting.values.setdefault(column, {}).setdefault(step, {})[run.seed] = value * source.scale
-                    logged.append(step)
-            final = _final_step(run, logged)
+            scalars = {column: plots.read_scalars(run.path, (_source(column).keys[0],)) for column in STEP_COLUMNS}
+            final = _final_step(run, [step for pairs_ in scalars.values() for step, _ in pairs_])
+            # Under a constant learning rate the value at step N is an N-step run's result; under a decaying one
+            # (recorded in run_config.json) only the last step is a finished run, so the others are left out.
+            constant = _schedule(run) in (None, "constant")
+            for column, pairs_ in scalars.items():
+                for step, value in pairs_:
+                    if constant or step == final:
+                        setting.values.setdefault(column, {}).setdefault(step, {})[run.seed] = \
+                            value * _source(column).scale
             for column in FINAL_COLUMNS:
                 if column in run.metrics and final is not None:
                     setting.values.setdefault(column, {}).setdefault(final, {})[run.seed] = run.metrics[column]
