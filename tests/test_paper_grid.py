@@ -311,3 +311,11 @@ def test_entry_schedule_and_seeds(tmp_path):
         entry = {**config["methods"][1], **override}
         with pytest.raises(GridConfigError, match=message):
             expand_cells({**config, "methods": [config["methods"][0], entry]})
+
+
+def test_a_grid_without_seeds_still_expands():
+    from open_instruct.paper.grid import expand_cells
+
+    cells = expand_cells({"name": "g", "model": "m", "output_dir": "o",
+                          "methods": [{"name": "lora", "method": "lora", "r": [4, 8]}]})
+    assert [c.folder for c in cells] == ["lora_r4", "lora_r8"]

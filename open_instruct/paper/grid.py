@@ -269,9 +269,9 @@ def expand_cells(config: dict) -> list[Cell]:
         entry_seeds = entry.get("seeds", seeds)
         if method == "base" and "seeds" in entry:
             raise GridConfigError(f"{where}: a base-model cell has no seed")
-        if (not isinstance(entry_seeds, list) or not entry_seeds
-                or any(not isinstance(x, int) or isinstance(x, bool) for x in entry_seeds)
-                or not set(entry_seeds) <= set(seeds)):
+        if "seeds" in entry and (not isinstance(entry_seeds, list) or not entry_seeds
+                                 or any(not isinstance(x, int) or isinstance(x, bool) for x in entry_seeds)
+                                 or not set(entry_seeds) <= set(seeds)):
             raise GridConfigError(f"{where}: seeds must be a non-empty list of the grid's seeds {seeds}, got "
                                   f"{entry_seeds!r}")
         axes = {k: entry[k] if isinstance(entry[k], list) else [entry[k]] for k in EXPANDABLE if k in entry}
