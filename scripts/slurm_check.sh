@@ -69,28 +69,7 @@ sinfo -h -N -o %T | grep -q idle || { echo "error: the node did not come up; see
 
 # ---- a grid of trivial stages: prepare writes a file, finetune/merge/eval write what the real ones leave
 mkdir -p "$dir/standins"
-cat > "$dir/standins/standin_stage.py" <<'EOF'
-import json, pathlib, sys
-
-def main():
-    argv = sys.argv[1:]
-    get = lambda name: argv[argv.index(name) + 1]
-    if "--make" in argv:
-        pathlib.Path(get("--make")).write_text("data")
-    elif "--save_dir" in argv:
-        out = pathlib.Path(get("--save_dir")); out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps({"exact_match": 0.5}))
-    elif "--lora_model_name_or_path" in argv:
-        out = pathlib.Path(get("--output_dir")); out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text("{}")
-    else:
-        out = pathlib.Path(get("--output_dir"))
-        (out / "all_results.json").write_text(json.dumps({"trainable_params": 7, "eval_loss": 2.5}))
-        (out / "completed").write_text("")
-
-if __name__ == "__main__":
-    main()
-EOF
+cp "$repo/tests/helpers/standin_stage.py" "$dir/standins/"  # the stand-in the grid tests use too
 cat > "$dir/grid.yaml" <<EOF
 name: slurmcheck
 model: m

@@ -136,42 +136,7 @@ def test_interrupted_pool_resumes_and_runs_each_stage_once(tmp_path):
 
 # ------------------------------------------------------------------ real subprocesses: run_grid.py itself
 
-STANDIN = """\
-import json, os, pathlib, sys, time
-def main():
-    argv = sys.argv[1:]
-    def get(name):
-        return argv[argv.index(name) + 1]
-    if '--make' in argv:
-        what = ('prepare', 'prepare')
-    elif '--save_dir' in argv:
-        what = (pathlib.Path(get('--save_dir')).parent.parent.name, 'eval')
-    elif '--lora_model_name_or_path' in argv:
-        what = (pathlib.Path(get('--output_dir')).parent.name, 'merge')
-    else:
-        what = (pathlib.Path(get('--output_dir')).name, 'finetune')
-    events = pathlib.Path(os.environ['STANDIN_EVENTS'])
-    def event(kind):
-        with open(events, 'a') as f:
-            f.write(json.dumps([kind, *what, os.environ.get('CUDA_VISIBLE_DEVICES')]) + '\\n')
-    event('start')
-    time.sleep(float(os.environ.get('STANDIN_SECONDS', '0')))
-    if '--make' in argv:
-        pathlib.Path(get('--make')).write_text('data')
-    elif '--save_dir' in argv:
-        out = pathlib.Path(get('--save_dir')); out.mkdir(parents=True, exist_ok=True)
-        (out / 'metrics.json').write_text(json.dumps({'exact_match': 0.5}))
-    elif '--lora_model_name_or_path' in argv:
-        out = pathlib.Path(get('--output_dir')); out.mkdir(parents=True, exist_ok=True)
-        (out / 'config.json').write_text('{}')
-    else:
-        out = pathlib.Path(get('--output_dir'))
-        (out / 'all_results.json').write_text(json.dumps({'trainable_params': 7, 'eval_loss': 2.5}))
-        (out / 'completed').write_text('')
-    event('end')
-if __name__ == '__main__':  # the grid's check imports it too
-    main()
-"""
+STANDIN = Path(__file__).parent / "helpers" / "standin_stage.py"  # every stage of the stand-in grids
 
 
 @pytest.fixture
@@ -179,7 +144,7 @@ def standin_grid(tmp_path, monkeypatch):
     """A grid whose every stage (prepare, finetune, merge, one eval) is the stand-in module above."""
     package = tmp_path / "standins"
     package.mkdir()
-    (package / "standin_stage.py").write_text(STANDIN)
+    shutil.copy(STANDIN, package / "standin_stage.py")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(package), str(REPO)]))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     grid = {"name": "standin", "model": "m", "seeds": [1, 2],
