@@ -72,7 +72,7 @@ from open_instruct.cli import UsageError, check_model_source, looks_local
 from open_instruct.io_utils import write_json
 from open_instruct.peft_methods import METHODS as REGISTRY
 from open_instruct.peft_methods import MOS_SETTINGS, PROLORA_SETTINGS
-from open_instruct.training.args import LR_SCHEDULERS
+from open_instruct.training.args import DEFAULT_LR_SCHEDULER, LR_SCHEDULERS
 
 logger = logging.getLogger(__name__)
 
@@ -689,7 +689,7 @@ def run_config(config: dict, cell: Cell) -> dict:
         record["lr"] = cell.lr if cell.lr is not None else train.get("learning_rate")
         if REGISTRY[cell.method].has_alpha:
             record["alpha"] = cell.alpha if cell.alpha is not None else train.get("lora_alpha")
-        record["schedule"] = cell.schedule or train.get("lr_scheduler_type", "linear")  # finetune's default
+        record["schedule"] = cell.schedule or train.get("lr_scheduler_type", DEFAULT_LR_SCHEDULER)
     return record
 
 

@@ -22,6 +22,7 @@ from open_instruct.training import trainer_flags
 EVAL_SPLIT_SEED = 42  # the authors hold out `train_test_split(test_size=1024, seed=42)` whatever the run's seed
 # transformers' SchedulerType values finetune accepts (get_scheduler takes the name)
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
+DEFAULT_LR_SCHEDULER = "linear"
 ADAPTER_FLAGS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target_modules", "unshared_r", "reduce_lora_A_x",
                  "reduce_lora_B_x", "no_lora_rotation", "no_rectified_init", *(s.flag for s in MOS_SETTINGS))
 
@@ -85,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
     optim.add_argument("--learning_rate", type=float, default=5e-5)
     optim.add_argument("--weight_decay", type=float, default=0.0)
-    optim.add_argument("--lr_scheduler_type", default="linear", choices=LR_SCHEDULERS)
+    optim.add_argument("--lr_scheduler_type", default=DEFAULT_LR_SCHEDULER, choices=LR_SCHEDULERS)
     optim.add_argument("--warmup_ratio", type=float, default=0.0)
     optim.add_argument("--num_train_epochs", type=int, default=3)
     optim.add_argument("--max_train_steps", type=int, default=None, help="optimizer steps; overrides epochs")
