@@ -286,7 +286,7 @@ def table_records(rows: list[Row], task: Task, reference_r: Optional[int] = None
     """(columns, records) of the summary table; numbers stay numbers (None when missing) for the CSV writer.
 
     Each score column yields "<col>" (mean), "<col> std" and "<col> n". "% LoRA" divides by the LoRA row of the
-    same rank; "% ref" by the LoRA row of rank `reference_r` (default: the smallest LoRA rank present).
+    same rank; "% LoRA r=R" by the LoRA row of rank R = `reference_r` (default: the smallest LoRA rank present).
     """
     lora_ranks = sorted(row.hparams["r"] for row in rows if row.label == "LoRA" and "r" in row.hparams)
     reference_r = reference_r if reference_r is not None else (lora_ranks[0] if lora_ranks else None)
@@ -351,6 +351,10 @@ def to_markdown(columns: list[str], records: list[dict], task: Task) -> str:
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     notes = ["", f"Scores in percent; mean ± sample std over seeds; {MISSING} = no result."]
+    ratio_notes = {"% LoRA": "trainable parameters as a percent of LoRA's at the same r"}
+    ratio_notes.update({c: f"the same against LoRA at {c.removeprefix('% LoRA ')}"
+                        for c in ratio_columns if c != "% LoRA"})
+    notes.append("; ".join(f'"{c}": {ratio_notes[c]}' for c in ratio_columns) + ".")
     if any(rec["partial"] for rec in records):
         notes.append(f"* includes runs without a `{COMPLETED_MARKER}` marker (interrupted or still training).")
     return "\n".join(lines + notes) + "\n"
