@@ -14,7 +14,14 @@ import sys
 import pytest
 from test_paper_summarize import make_run
 
-from open_instruct.paper.report import DEFAULT_PAIRS, Selector, budget_matches, paired_differences, write_report
+from open_instruct.paper.report import (
+    DEFAULT_PAIRS,
+    Selector,
+    budget_matches,
+    curve_records,
+    paired_differences,
+    write_report,
+)
 from open_instruct.paper.summarize import TASKS, find_run_dirs, read_run, summarize_runs
 
 LORA = {"method": "lora", "label": "LoRA", "r": 8, "lr": 1e-3}
@@ -136,6 +143,25 @@ def test_budget_matches_nearest_log_ratio(frontier_grid):
         assert m.ratio == pytest.approx(m.lora.trainable_params / m.row.trainable_params)
 
 
+def test_curve_records_interpolate_lora_in_log_params(frontier_grid):
+    rows = summarize_runs([read_run(p) for p in find_run_dirs([frontier_grid])], TASKS["frontier"])
+    records = curve_records(rows, ["held-out loss"])
+    # 250 lies between LoRA 200 and 400, 450 between 400 and 800, MoS 180 between 100 and 200; 5000 is above
+    # every LoRA and the ablation row is no matched method
+    assert {(r["setting"], r["LoRA"]) for r in records} == {
+        ("PRoLoRA r=4 u=1 m=2 n=2", "LoRA r=2..4 (log-interpolated)"),
+        ("PRoLoRA r=8 u=1 m=2 n=2", "LoRA r=4..8 (log-interpolated)"),
+        ("MoS r=8", "LoRA r=1..2 (log-interpolated)")}
+    record = next(r for r in records if r["setting"] == "PRoLoRA r=4 u=1 m=2 n=2")
+    weight = math.log(250 / 200) / math.log(400 / 200)
+    diffs = [frontier_loss(250, s) - (frontier_loss(200, s) + weight * (frontier_loss(400, s) - frontier_loss(200, s)))
+             for s in (1, 2, 3)]
+    assert record["n"] == 3 and record["seeds"] == "1 2 3" and record["budget"] == "curve"
+    assert record["mean"] == pytest.approx(statistics.mean(diffs)) and record["std"] == pytest.approx(
+        statistics.stdev(diffs))
+    assert record["ratio"] == 1.0 and record["LoRA params"] == 250
+
+
 def test_frontier_report_paired_intervals(frontier_grid, tmp_path):
     out = tmp_path / "docs"
     markdown = write_report([frontier_grid], "frontier", out)
@@ -144,7 +170,7 @@ def test_frontier_report_paired_intervals(frontier_grid, tmp_path):
         assert (out / f"frontier_{column}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (out / "frontier_ASDiv_EM.png").exists()  # no run has the number
     rows = list(csv.DictReader(io.StringIO((out / "matched_budgets.csv").read_text())))
-    assert len(rows) == 6 * 2  # six matches, two columns with numbers
+    assert sum(r["budget"] != "curve" for r in rows) == 6 * 2  # six matches, two columns with numbers
     row = next(r for r in rows if r["setting"] == "PRoLoRA r=8 u=1 m=2 n=2" and r["budget"] == "twice"
                and r["column"] == "held-out loss")
     assert row["LoRA"] == "LoRA r=8" and int(row["LoRA params"]) == 800

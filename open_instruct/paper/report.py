@@ -15,8 +15,9 @@ writes into ``--output_dir``:
 * with ``--frontier`` (default for ``--task frontier``): ``frontier_<column>.png`` — each score against trainable
   parameters, mean and 95% t-interval over seeds, one line per method family and the ablation rows as markers;
   and the matched-budget comparison: every PRoLoRA and MoS setting minus the LoRA of about its own parameter count
-  ("same") and of about twice it ("twice"), paired by seed, with 95% t-intervals, in summary.md and
-  ``matched_budgets.csv`` (`budget_matches` says how a LoRA row is chosen);
+  ("same") and of about twice it ("twice"), and against LoRA's curve interpolated at its own count ("curve"),
+  paired by seed, with 95% t-intervals, in summary.md and ``matched_budgets.csv`` (`budget_matches` says how a
+  LoRA row is chosen, `curve_records` how the curve is read);
 * ``runs/<run>/`` — each run's record without its weights (`ARCHIVED`: configs, results, metrics, predictions,
   logs, the tensorboard events of the loss curves; a few hundred KiB a run), so the report can be re-derived
   from the results folder alone: ``report_results.py <output_dir>/runs --output_dir ...``.
@@ -308,6 +309,61 @@ def matched_records(rows: list[Row], columns) -> list[dict]:
     return records
 
 
+def _bracket(loras: list[Row], params: int) -> Optional[tuple[Row, Row]]:
+    """The two LoRA rows with the nearest parameter counts below and above `params` (None outside their range)."""
+    below = [lora for lora in loras if lora.trainable_params <= params]
+    above = [lora for lora in loras if lora.trainable_params >= params]
+    if not below or not above:
+        return None
+    low = max(below, key=lambda lora: lora.trainable_params)
+    high = min(above, key=lambda lora: lora.trainable_params)
+    return low, high
+
+
+def curve_records(rows: list[Row], columns) -> list[dict]:
+    """Each `MATCHED_METHODS` setting against the LoRA curve read at its own parameter count ("curve" budget).
+
+    Per seed, the LoRA score at the setting's count p is interpolated linearly in log(parameters) between the two
+    LoRA ranks that bracket p (of that seed): v = v_lo + (v_hi − v_lo) · log(p / p_lo) / log(p_hi / p_lo). The
+    difference setting − v is then treated like the other budgets (mean, std, 95% t-interval over seeds). Unlike
+    "same", it does not credit a setting for sitting a little above or below its nearest LoRA rank; settings
+    outside LoRA's parameter range get no record.
+    """
+    loras = sorted((row for row in rows if row.label == REFERENCE_METHOD and row.trainable_params),
+                   key=lambda row: row.trainable_params)
+    records = []
+    for row in rows:
+        if row.label not in MATCHED_METHODS or not row.trainable_params:
+            continue
+        bracket = _bracket(loras, row.trainable_params)
+        if bracket is None:
+            continue
+        low, high = bracket
+        low_runs, high_runs = ({run.seed: run for run in side.runs} for side in bracket)
+        span = math.log(high.trainable_params / low.trainable_params)
+        weight = math.log(row.trainable_params / low.trainable_params) / span if span else 0.0
+        name = setting_name(low, rows) if low is high else \
+            f"{setting_name(low, rows)}..{high.hparams.get('r')} (log-interpolated)"
+        for column in columns:
+            diffs = {}
+            for run in row.runs:
+                lo, hi = low_runs.get(run.seed), high_runs.get(run.seed)
+                if None in (run.seed, lo, hi) or any(column not in r.metrics for r in (run, lo, hi)):
+                    continue
+                reference = lo.metrics[column] + weight * (hi.metrics[column] - lo.metrics[column])
+                diffs[run.seed] = run.metrics[column] - reference
+            if not diffs:
+                continue
+            seeds = sorted(diffs)
+            interval = t_interval([diffs[seed] for seed in seeds])
+            records.append({"setting": setting_name(row, rows), "params": row.trainable_params, "budget": "curve",
+                            "target ratio": 1.0, "LoRA": name, "LoRA params": row.trainable_params, "ratio": 1.0,
+                            "column": column, "n": len(seeds), "seeds": " ".join(map(str, seeds)),
+                            "mean": interval.mean, "std": interval.std, "ci low": interval.low,
+                            "ci high": interval.high, "excludes 0": interval.excludes_zero})
+    return records
+
+
 MATCHED_CSV = "matched_budgets.csv"
 MATCHED_CSV_COLUMNS = ("setting", "params", "budget", "target ratio", "LoRA", "LoRA params", "ratio", "column", "n",
                        "seeds", "mean", "std", "ci low", "ci high", "excludes 0")
@@ -321,7 +377,9 @@ def matched_markdown(records: list[dict]) -> str:
              "to its own (\"same\") and to twice its own (\"twice\"), where one lies within a factor "
              f"{MATCH_TOLERANCE:.3g} of that target. Difference = setting − {REFERENCE_METHOD}, paired by seed; mean "
              "± sample std and 95% t-interval (t with n − 1 degrees of freedom) over the seeds both have; "
-             "\"ratio\" = LoRA's parameters / the setting's.", "",
+             "\"ratio\" = LoRA's parameters / the setting's. \"curve\": against LoRA's score read off its "
+             "curve at the setting's own parameter count (per seed, linear in log parameters between the two "
+             "LoRA ranks around it).", "",
              "| setting | #Params | budget | LoRA | LoRA #Params | ratio | column | n | mean ± std | 95% CI |",
              "|---|---:|---|---|---:|---:|---|---:|---:|---|"]
     for rec in records:
@@ -362,7 +420,7 @@ def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFA
               "- wall time: unknown",
               f"- runs: {len(runs)} ({finished} complete, {len(runs) - finished} partial)", "", ""]
     frontier = task_name == "frontier" if frontier is None else frontier
-    matched = matched_records(rows, task.columns) if frontier else []
+    matched = matched_records(rows, task.columns) + curve_records(rows, task.columns) if frontier else []
     markdown = "\n".join(header) + to_markdown(columns, records, task) + paired_markdown(runs, pairs, task.columns)
     markdown += matched_markdown(matched)
     output_dir.mkdir(parents=True, exist_ok=True)
