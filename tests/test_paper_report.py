@@ -20,6 +20,7 @@ from open_instruct.paper.report import (
     budget_matches,
     curve_records,
     paired_differences,
+    rank_step_records,
     write_report,
 )
 from open_instruct.paper.summarize import TASKS, find_run_dirs, read_run, summarize_runs
@@ -160,6 +161,23 @@ def test_curve_records_interpolate_lora_in_log_params(frontier_grid):
     assert record["mean"] == pytest.approx(statistics.mean(diffs)) and record["std"] == pytest.approx(
         statistics.stdev(diffs))
     assert record["ratio"] == 1.0 and record["LoRA params"] == 250
+
+
+def test_rank_steps_pair_neighbouring_lora_ranks(frontier_grid, tmp_path):
+    rows = summarize_runs([read_run(p) for p in find_run_dirs([frontier_grid])], TASKS["frontier"])
+    records = rank_step_records(rows, ["held-out loss"])
+    assert [(r["higher"], r["lower"]) for r in records] == [
+        ("LoRA r=2", "LoRA r=1"), ("LoRA r=4", "LoRA r=2"), ("LoRA r=8", "LoRA r=4"), ("LoRA r=8", "LoRA r=1")]
+    record = records[-1]
+    diffs = [frontier_loss(800, s) - frontier_loss(100, s) for s in (1, 2, 3)]
+    assert record["ratio"] == pytest.approx(8.0) and record["seeds"] == "1 2 3"
+    assert record["mean"] == pytest.approx(statistics.mean(diffs)) and record["std"] == pytest.approx(
+        statistics.stdev(diffs))
+    out = tmp_path / "docs"
+    markdown = write_report([frontier_grid], "frontier", out)
+    assert "## LoRA's rank steps" in markdown
+    written = list(csv.DictReader(io.StringIO((out / "lora_rank_steps.csv").read_text())))
+    assert len(written) == 4 * 2  # four steps, two columns with numbers
 
 
 def test_frontier_report_paired_intervals(frontier_grid, tmp_path):

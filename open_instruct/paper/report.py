@@ -17,7 +17,9 @@ writes into ``--output_dir``:
   and the matched-budget comparison: every PRoLoRA and MoS setting minus the LoRA of about its own parameter count
   ("same") and of about twice it ("twice"), and against LoRA's curve interpolated at its own count ("curve"),
   paired by seed, with 95% t-intervals, in summary.md and ``matched_budgets.csv`` (`budget_matches` says how a
-  LoRA row is chosen, `curve_records` how the curve is read);
+  LoRA row is chosen, `curve_records` how the curve is read); and LoRA against itself, each rank minus the next
+  lower one and the highest minus the lowest (``lora_rank_steps.csv``, `rank_step_records`), which says whether
+  rank moves the scores at all under the grid's protocol;
 * ``runs/<run>/`` — each run's record without its weights (`ARCHIVED`: configs, results, metrics, predictions,
   logs, the tensorboard events of the loss curves; a few hundred KiB a run), so the report can be re-derived
   from the results folder alone: ``report_results.py <output_dir>/runs --output_dir ...``.
@@ -364,6 +366,60 @@ def curve_records(rows: list[Row], columns) -> list[dict]:
     return records
 
 
+def rank_step_records(rows: list[Row], columns) -> list[dict]:
+    """LoRA against itself: each rank minus the next lower one, and the highest minus the lowest, paired by seed.
+
+    These answer whether rank moves the scores at all under the grid's protocol: a matched-budget difference of
+    zero means little where doubling LoRA's parameters changes nothing either.
+    """
+    loras = sorted((row for row in rows if row.label == REFERENCE_METHOD and row.trainable_params),
+                   key=lambda row: row.trainable_params)
+    steps = list(zip(loras[1:], loras[:-1]))
+    if len(loras) > 2:
+        steps.append((loras[-1], loras[0]))
+    records = []
+    for high, low in steps:
+        diffs = paired_differences(high.runs + low.runs, _selector(high), _selector(low), columns)
+        for column, d in diffs.items():
+            interval = t_interval(list(d["by_seed"].values()))
+            records.append({"higher": setting_name(high, rows), "lower": setting_name(low, rows),
+                            "ratio": high.trainable_params / low.trainable_params, "column": column, "n": d["n"],
+                            "seeds": " ".join(str(seed) for seed in d["by_seed"]), "mean": interval.mean,
+                            "std": interval.std, "ci low": interval.low, "ci high": interval.high,
+                            "excludes 0": interval.excludes_zero})
+    return records
+
+
+RANK_STEPS_CSV = "lora_rank_steps.csv"
+RANK_STEPS_CSV_COLUMNS = ("higher", "lower", "ratio", "column", "n", "seeds", "mean", "std", "ci low", "ci high",
+                          "excludes 0")
+
+
+def _total_and_ci(rec: dict) -> tuple[str, str]:
+    """A record's "mean ± std" and "[low, high]" cells (" *" where the interval excludes 0)."""
+    digits = score_digits(rec["column"])
+    total = _fmt(rec["mean"], digits) + ("" if rec["std"] is None else f" ± {_fmt(rec['std'], digits)}")
+    ci = MISSING if rec["ci low"] is None else \
+        f"[{_fmt(rec['ci low'], digits)}, {_fmt(rec['ci high'], digits)}]" + (" *" if rec["excludes 0"] else "")
+    return total, ci
+
+
+def rank_steps_markdown(records: list[dict]) -> str:
+    if not records:
+        return ""
+    lines = ["", f"## {REFERENCE_METHOD}'s rank steps", "",
+             f"Does rank move the scores under this protocol? Each {REFERENCE_METHOD} rank minus the next lower one, "
+             "and the highest minus the lowest, paired by seed; mean ± sample std and 95% t-interval; \"ratio\" = "
+             "the higher rank's parameters / the lower's.", "",
+             "| higher | lower | ratio | column | n | mean ± std | 95% CI |", "|---|---|---:|---|---:|---:|---|"]
+    for rec in records:
+        total, ci = _total_and_ci(rec)
+        lines.append(f"| {rec['higher']} | {rec['lower']} | {rec['ratio']:.2f} | {rec['column']} | {rec['n']} | "
+                     f"{total} | {ci} |")
+    lines += ["", "* the 95% interval excludes 0."]
+    return "\n".join(lines) + "\n"
+
+
 MATCHED_CSV = "matched_budgets.csv"
 MATCHED_CSV_COLUMNS = ("setting", "params", "budget", "target ratio", "LoRA", "LoRA params", "ratio", "column", "n",
                        "seeds", "mean", "std", "ci low", "ci high", "excludes 0")
@@ -383,10 +439,7 @@ def matched_markdown(records: list[dict]) -> str:
              "| setting | #Params | budget | LoRA | LoRA #Params | ratio | column | n | mean ± std | 95% CI |",
              "|---|---:|---|---|---:|---:|---|---:|---:|---|"]
     for rec in records:
-        digits = score_digits(rec["column"])
-        total = _fmt(rec["mean"], digits) + ("" if rec["std"] is None else f" ± {_fmt(rec['std'], digits)}")
-        ci = MISSING if rec["ci low"] is None else \
-            f"[{_fmt(rec['ci low'], digits)}, {_fmt(rec['ci high'], digits)}]" + (" *" if rec["excludes 0"] else "")
+        total, ci = _total_and_ci(rec)
         lines.append(f"| {rec['setting']} | {_fmt(rec['params'])} | {rec['budget']} | {rec['LoRA']} | "
                      f"{_fmt(rec['LoRA params'])} | {rec['ratio']:.2f} | {rec['column']} | {rec['n']} | {total} | "
                      f"{ci} |")
@@ -422,10 +475,12 @@ def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFA
     frontier = task_name == "frontier" if frontier is None else frontier
     matched = matched_records(rows, task.columns) + curve_records(rows, task.columns) if frontier else []
     markdown = "\n".join(header) + to_markdown(columns, records, task) + paired_markdown(runs, pairs, task.columns)
-    markdown += matched_markdown(matched)
+    steps = rank_step_records(rows, task.columns) if frontier else []
+    markdown += rank_steps_markdown(steps) + matched_markdown(matched)
     output_dir.mkdir(parents=True, exist_ok=True)
     if frontier:
         write_text(output_dir / MATCHED_CSV, to_csv(list(MATCHED_CSV_COLUMNS), matched))
+        write_text(output_dir / RANK_STEPS_CSV, to_csv(list(RANK_STEPS_CSV_COLUMNS), steps))
         figures = [f"frontier_{_safe(column)}.png" for column in task.columns
                    if plots.plot_frontier(rows, column, output_dir / f"frontier_{_safe(column)}.png") > 0]
         markdown += ("\nFrontier plots (mean and 95% t-interval over seeds; a line per method, ablation rows as "
