@@ -19,6 +19,7 @@ from open_instruct.paper.report import (
     Selector,
     budget_matches,
     curve_records,
+    ladder_records,
     paired_differences,
     rank_step_records,
     write_report,
@@ -113,6 +114,7 @@ FRONTIER = [("lora", "LoRA", {"r": r}, 100 * r) for r in (1, 2, 4, 8)] + [
     ("prolora", "PRoLoRA", {"r": 128, "u": 1, "m": 2, "n": 2}, 5000),
     ("mos", "MoS", {"r": 8}, 180),
     ("prolora", "CLoRA (broadcast, u=0)", {"r": 8, "u": 0, "m": 2, "n": 2}, 400),
+    ("prolora", "RoLoRA (+ rotation, u=0)", {"r": 8, "u": 0, "m": 2, "n": 2}, 400),
 ]
 
 
@@ -178,6 +180,24 @@ def test_rank_steps_pair_neighbouring_lora_ranks(frontier_grid, tmp_path):
     assert "## LoRA's rank steps" in markdown
     written = list(csv.DictReader(io.StringIO((out / "lora_rank_steps.csv").read_text())))
     assert len(written) == 4 * 2  # four steps, two columns with numbers
+
+
+def test_ladder_steps_one_ingredient_each(frontier_grid, tmp_path):
+    rows = summarize_runs([read_run(p) for p in find_run_dirs([frontier_grid])], TASKS["frontier"])
+    records = ladder_records(rows, ["held-out loss"])
+    # CLoRA against the LoRA of exactly its 400 parameters, RoLoRA against CLoRA, PRoLoRA r=8 (not r=4 or r=128)
+    # against RoLoRA; no row without the rectified init, so no fourth step
+    assert [(r["higher"].split(" r=")[0], r["lower"]) for r in records] == [
+        ("CLoRA (broadcast, u=0)", "LoRA r=4"), ("RoLoRA (+ rotation, u=0)", "CLoRA (broadcast, u=0) r=8 u=0 m=2 n=2"),
+        ("PRoLoRA", "RoLoRA (+ rotation, u=0) r=8 u=0 m=2 n=2")]
+    top = records[-1]
+    assert top["higher"] == "PRoLoRA r=8 u=1 m=2 n=2" and top["ratio"] == pytest.approx(450 / 400)
+    diffs = [frontier_loss(450, s) - frontier_loss(400, s) for s in (1, 2, 3)]
+    assert top["mean"] == pytest.approx(statistics.mean(diffs)) and top["std"] == pytest.approx(
+        statistics.stdev(diffs))
+    out = tmp_path / "docs"
+    assert "## The ablation ladder" in write_report([frontier_grid], "frontier", out)
+    assert len(list(csv.DictReader(io.StringIO((out / "ablation_ladder.csv").read_text())))) == 3 * 2
 
 
 def test_frontier_report_paired_intervals(frontier_grid, tmp_path):

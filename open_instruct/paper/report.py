@@ -19,7 +19,9 @@ writes into ``--output_dir``:
   paired by seed, with 95% t-intervals, in summary.md and ``matched_budgets.csv`` (`budget_matches` says how a
   LoRA row is chosen, `curve_records` how the curve is read); and LoRA against itself, each rank minus the next
   lower one and the highest minus the lowest (``lora_rank_steps.csv``, `rank_step_records`), which says whether
-  rank moves the scores at all under the grid's protocol;
+  rank moves the scores at all under the grid's protocol; and the ablation ladder, each rung (CLoRA, RoLoRA,
+  PRoLoRA, and PRoLoRA without the rectified init) against the one below it (``ablation_ladder.csv``,
+  `ladder_records`);
 * ``runs/<run>/`` — each run's record without its weights (`ARCHIVED`: configs, results, metrics, predictions,
   logs, the tensorboard events of the loss curves; a few hundred KiB a run), so the report can be re-derived
   from the results folder alone: ``report_results.py <output_dir>/runs --output_dir ...``.
@@ -366,17 +368,9 @@ def curve_records(rows: list[Row], columns) -> list[dict]:
     return records
 
 
-def rank_step_records(rows: list[Row], columns) -> list[dict]:
-    """LoRA against itself: each rank minus the next lower one, and the highest minus the lowest, paired by seed.
-
-    These answer whether rank moves the scores at all under the grid's protocol: a matched-budget difference of
-    zero means little where doubling LoRA's parameters changes nothing either.
-    """
-    loras = sorted((row for row in rows if row.label == REFERENCE_METHOD and row.trainable_params),
-                   key=lambda row: row.trainable_params)
-    steps = list(zip(loras[1:], loras[:-1]))
-    if len(loras) > 2:
-        steps.append((loras[-1], loras[0]))
+def step_records(steps: list[tuple[Row, Row]], rows: list[Row], columns) -> list[dict]:
+    """Per (higher, lower) pair of rows and column: higher − lower paired by seed, mean, std and 95% t-interval;
+    "ratio" = the higher row's trainable parameters / the lower's."""
     records = []
     for high, low in steps:
         diffs = paired_differences(high.runs + low.runs, _selector(high), _selector(low), columns)
@@ -390,8 +384,50 @@ def rank_step_records(rows: list[Row], columns) -> list[dict]:
     return records
 
 
+def rank_step_records(rows: list[Row], columns) -> list[dict]:
+    """LoRA against itself: each rank minus the next lower one, and the highest minus the lowest, paired by seed.
+
+    These answer whether rank moves the scores at all under the grid's protocol: a matched-budget difference of
+    zero means little where doubling LoRA's parameters changes nothing either.
+    """
+    loras = sorted((row for row in rows if row.label == REFERENCE_METHOD and row.trainable_params),
+                   key=lambda row: row.trainable_params)
+    steps = list(zip(loras[1:], loras[:-1]))
+    if len(loras) > 2:
+        steps.append((loras[-1], loras[0]))
+    return step_records(steps, rows, columns)
+
+
+# The paper's ablation ladder, one ingredient per rung at one (r, m, n), with the row labels the grid configs give
+# it: broadcast chunks without rotation or unshared ranks (CLoRA) against the LoRA of exactly its parameter count,
+# + rotation (RoLoRA), + unshared ranks (PRoLoRA), and PRoLoRA against itself without the rectified init.
+CLORA_LABEL = "CLoRA (broadcast, u=0)"
+ROLORA_LABEL = "RoLoRA (+ rotation, u=0)"
+NO_INIT_LABEL = "PRoLoRA w/o rectified init"
+LADDER_CSV = "ablation_ladder.csv"
+
+
+def ladder_records(rows: list[Row], columns) -> list[dict]:
+    """The ablation ladder's rungs, each minus the one below it, paired by seed (a rung whose row is missing, or
+    ambiguous, drops the steps that touch it)."""
+    def only(candidates: list[Row]) -> Optional[Row]:
+        return candidates[0] if len(candidates) == 1 else None
+
+    clora, rolora, no_init = (only([row for row in rows if row.label == label])
+                              for label in (CLORA_LABEL, ROLORA_LABEL, NO_INIT_LABEL))
+    rung = clora or rolora or no_init
+    if rung is None:
+        return []
+    prolora = only([row for row in rows if row.label == "PRoLoRA" and
+                    all(row.hparams.get(k) == rung.hparams.get(k) for k in ("r", "m", "n"))])
+    lora = only([row for row in rows if row.label == REFERENCE_METHOD and clora is not None
+                 and row.trainable_params == clora.trainable_params])
+    steps = [(clora, lora), (rolora, clora), (prolora, rolora), (prolora, no_init)]
+    return step_records([(high, low) for high, low in steps if high is not None and low is not None], rows, columns)
+
+
 RANK_STEPS_CSV = "lora_rank_steps.csv"
-RANK_STEPS_CSV_COLUMNS = ("higher", "lower", "ratio", "column", "n", "seeds", "mean", "std", "ci low", "ci high",
+STEPS_CSV_COLUMNS = ("higher", "lower", "ratio", "column", "n", "seeds", "mean", "std", "ci low", "ci high",
                           "excludes 0")
 
 
@@ -404,13 +440,11 @@ def _total_and_ci(rec: dict) -> tuple[str, str]:
     return total, ci
 
 
-def rank_steps_markdown(records: list[dict]) -> str:
+def steps_markdown(records: list[dict], title: str, intro: str) -> str:
+    """A "## title" section: `intro`, then one line per `step_records` record."""
     if not records:
         return ""
-    lines = ["", f"## {REFERENCE_METHOD}'s rank steps", "",
-             f"Does rank move the scores under this protocol? Each {REFERENCE_METHOD} rank minus the next lower one, "
-             "and the highest minus the lowest, paired by seed; mean ± sample std and 95% t-interval; \"ratio\" = "
-             "the higher rank's parameters / the lower's.", "",
+    lines = ["", f"## {title}", "", intro, "",
              "| higher | lower | ratio | column | n | mean ± std | 95% CI |", "|---|---|---:|---|---:|---:|---|"]
     for rec in records:
         total, ci = _total_and_ci(rec)
@@ -418,6 +452,23 @@ def rank_steps_markdown(records: list[dict]) -> str:
                      f"{total} | {ci} |")
     lines += ["", "* the 95% interval excludes 0."]
     return "\n".join(lines) + "\n"
+
+
+def rank_steps_markdown(records: list[dict]) -> str:
+    return steps_markdown(
+        records, f"{REFERENCE_METHOD}'s rank steps",
+        f"Does rank move the scores under this protocol? Each {REFERENCE_METHOD} rank minus the next lower one, and "
+        "the highest minus the lowest, paired by seed; mean ± sample std and 95% t-interval; \"ratio\" = the "
+        "higher rank's parameters / the lower's.")
+
+
+def ladder_markdown(records: list[dict]) -> str:
+    return steps_markdown(
+        records, "The ablation ladder",
+        f"One ingredient per step: {CLORA_LABEL} − the {REFERENCE_METHOD} of its parameter count (broadcast "
+        f"chunks), {ROLORA_LABEL} − CLoRA (rotation), PRoLoRA − RoLoRA (unshared ranks), PRoLoRA − "
+        f"{NO_INIT_LABEL} (the rectified init); paired by seed, mean ± sample std and 95% t-interval; \"ratio\" "
+        "= the higher row's parameters / the lower's.")
 
 
 MATCHED_CSV = "matched_budgets.csv"
@@ -476,11 +527,13 @@ def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFA
     matched = matched_records(rows, task.columns) + curve_records(rows, task.columns) if frontier else []
     markdown = "\n".join(header) + to_markdown(columns, records, task) + paired_markdown(runs, pairs, task.columns)
     steps = rank_step_records(rows, task.columns) if frontier else []
-    markdown += rank_steps_markdown(steps) + matched_markdown(matched)
+    ladder = ladder_records(rows, task.columns) if frontier else []
+    markdown += rank_steps_markdown(steps) + matched_markdown(matched) + ladder_markdown(ladder)
     output_dir.mkdir(parents=True, exist_ok=True)
     if frontier:
         write_text(output_dir / MATCHED_CSV, to_csv(list(MATCHED_CSV_COLUMNS), matched))
-        write_text(output_dir / RANK_STEPS_CSV, to_csv(list(RANK_STEPS_CSV_COLUMNS), steps))
+        write_text(output_dir / RANK_STEPS_CSV, to_csv(list(STEPS_CSV_COLUMNS), steps))
+        write_text(output_dir / LADDER_CSV, to_csv(list(STEPS_CSV_COLUMNS), ladder))
         figures = [f"frontier_{_safe(column)}.png" for column in task.columns
                    if plots.plot_frontier(rows, column, output_dir / f"frontier_{_safe(column)}.png") > 0]
         markdown += ("\nFrontier plots (mean and 95% t-interval over seeds; a line per method, ablation rows as "
