@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from open_instruct.paper.report import (
     ladder_records,
     paired_differences,
     rank_step_records,
+    wall_time,
     write_report,
 )
 from open_instruct.paper.summarize import TASKS, find_run_dirs, read_run, summarize_runs
@@ -63,6 +65,23 @@ def test_pairing_refuses_two_runs_with_one_seed(grid):
     runs = [read_run(p) for p in find_run_dirs([grid])]
     with pytest.raises(ValueError, match="seed 1"):
         paired_differences(runs, Selector("PRoLoRA"), Selector("LoRA", (("r", 8),)), ["held-out loss"])
+
+
+def test_wall_time_from_log_stamps_survives_archiving(grid, tmp_path):
+    runs = [read_run(p) for p in find_run_dirs([grid])]
+    assert wall_time(runs)[0] is None  # the fake runs have no logs
+    for i, run in enumerate(runs):
+        (run.path / "logs").mkdir()
+        (run.path / "logs" / "finetune.log").write_text(
+            f"2026-12-07 23:{10 + i}:00,001 INFO start\nstep 1\reval 100%|  2026-12-07 23:{20 + i}:30,500 INFO done\n")
+    runs[-1].path.joinpath("logs", "merge.log").write_text("[2026-12-08 00:05:00,000] [WARNING] late\n")
+    span = wall_time(runs)[0]
+    assert span == pytest.approx((55 * 60) / 3600)  # 23:10 → 00:05 the next day
+    out = tmp_path / "docs"
+    write_report([grid], "mini", out)
+    os.utime(out / "runs" / runs[0].path.name / "run_config.json", (0, 0))  # a clone's file times mean nothing
+    again = write_report([out / "runs"], "mini", tmp_path / "again")
+    assert f"- wall time: {span:.2f} h from the first run's first log line" in again
 
 
 def test_write_report_files_and_provenance(grid, tmp_path):

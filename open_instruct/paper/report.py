@@ -33,10 +33,12 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -196,11 +198,26 @@ def provenance_lines(runs: list[Run]) -> list[str]:
             *([] if made else ["- runs made by: unknown (no grid stage markers .grid/*.done in the run folders)"])]
 
 
+# A logging timestamp ("2026-12-08 03:45:43,757", also inside DeepSpeed's "[...]" prefix) in a run's logs.
+LOG_STAMP = re.compile(rb"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d{3}")
+
+
+def log_span(run: Run) -> Optional[tuple[float, float]]:
+    """(first, last) logging timestamp in the run's ``logs/*.log``, as seconds (local time of the machine that
+    wrote them); None when no log has one. Unlike file times, these survive archiving and a git clone."""
+    stamps = [match for log in sorted(run.path.glob("logs/*.log")) for match in LOG_STAMP.findall(log.read_bytes())]
+    if not stamps:
+        return None
+    seconds = [datetime.strptime(stamp.decode(), "%Y-%m-%d %H:%M:%S").timestamp() for stamp in stamps]
+    return min(seconds), max(seconds)
+
+
 def wall_time(runs: list[Run]) -> tuple[Optional[float], float]:
-    """(first run folder created → last file written, in hours; total training time of the runs, in hours)."""
-    stamps = [p.stat().st_mtime for run in runs for p in run.path.rglob("*") if p.is_file()]
-    created = [run.path.stat().st_ctime for run in runs]
-    span = (max(stamps) - min(created)) / 3600 if stamps and created else None
+    """(first run's first log line → last run's last log line, in hours, or None when a run has no timestamped
+    log; total training time of the runs, in hours)."""
+    spans = [log_span(run) for run in runs]
+    span = (max(end for _, end in spans) - min(start for start, _ in spans)) / 3600 \
+        if spans and None not in spans else None
     training = sum(run.metrics.get("train time (h)", 0.0) for run in runs)
     return span, training
 
@@ -519,9 +536,9 @@ def write_report(roots: list[Path], task_name: str, output_dir: Path, pairs=DEFA
     finished = sum(not run.partial for run in runs)
     header = [f"# Results: {', '.join(str(r) for r in roots)} (task {task_name})", "",
               *provenance_lines(runs),
-              f"- wall time: {span:.2f} h from the first run folder to the last file written (includes any pause "
-              f"between sessions); training alone {training:.2f} h summed over runs" if span is not None else
-              "- wall time: unknown",
+              ("- wall time: unknown" if span is None else f"- wall time: {span:.2f} h from the first run's first "
+               "log line to the last run's last (includes any pause between sessions)")
+              + f"; training alone {training:.2f} h summed over runs",
               f"- runs: {len(runs)} ({finished} complete, {len(runs) - finished} partial)", "", ""]
     frontier = task_name == "frontier" if frontier is None else frontier
     matched = matched_records(rows, task.columns) + curve_records(rows, task.columns) if frontier else []
