@@ -437,15 +437,15 @@ def ladder_records(rows: list[Row], columns) -> list[dict]:
         return []
     prolora = only([row for row in rows if row.label == "PRoLoRA" and
                     all(row.hparams.get(k) == rung.hparams.get(k) for k in ("r", "m", "n"))])
-    lora = only([row for row in rows if row.label == REFERENCE_METHOD and clora is not None
-                 and row.trainable_params == clora.trainable_params])
+    lora = None if clora is None else only([row for row in rows if row.label == REFERENCE_METHOD
+                                            and row.trainable_params == clora.trainable_params])
     steps = [(clora, lora), (rolora, clora), (prolora, rolora), (prolora, no_init)]
     return step_records([(high, low) for high, low in steps if high is not None and low is not None], rows, columns)
 
 
 RANK_STEPS_CSV = "lora_rank_steps.csv"
 STEPS_CSV_COLUMNS = ("higher", "lower", "ratio", "column", "n", "seeds", "mean", "std", "ci low", "ci high",
-                          "excludes 0")
+                     "excludes 0")
 
 
 def _total_and_ci(rec: dict) -> tuple[str, str]:
